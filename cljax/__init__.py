@@ -1,0 +1,18 @@
+"""cljax: continual learning in JAX, one compiled program per context."""
+
+from cljax.config import ConfigError, RunConfig
+from cljax.engine import Experiment, NonFiniteLossError, execute, prepare, run
+from cljax.results import RunResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Experiment",
+    "NonFiniteLossError",
+    "RunConfig",
+    "RunResult",
+    "execute",
+    "prepare",
+    "run",
+]

@@ -1,0 +1,170 @@
+"""The command line: ``cljax run`` trains and evaluates, ``cljax list`` names what is available."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cljax.config import ConfigError, RunConfig, validate
+from cljax.presets import BENCHMARKS, SCENARIO_NAMES, SCENARIOS
+
+# The main job compares fine-tuning with the strongest method cljax has, in this order of preference.
+MAIN_JOB_PREFERENCE = ("bir", "dgr-distill", "dgr", "icarl", "er", "joint")
+
+
+def main_job_strategies() -> list[str]:
+    from cljax.strategies import REGISTRY
+
+    best = next(name for name in MAIN_JOB_PREFERENCE if name in REGISTRY)
+    return ["none", best]
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"options: expected KEY=VALUE, got {text!r} (for example --option temperature=2)")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cljax", description="Continual learning in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a strategy on a benchmark and report the accuracy matrix")
+    run.add_argument("--benchmark", default="split-mnist", help=f"one of: {', '.join(BENCHMARKS)}")
+    run.add_argument("--scenario", default="class", help="task, domain or class (incremental learning)")
+    run.add_argument(
+        "--strategy",
+        default=None,
+        help="a strategy name, or several separated by commas (default: none and the best method)",
+    )
+    run.add_argument("--seeds", type=int, default=1, help="number of seeds, run side by side in one program")
+    run.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are FIRST..FIRST+N-1 (0: natural class order)"
+    )
+    run.add_argument(
+        "--iters", type=int, default=None, help="iterations per context (default: the protocol's)"
+    )
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--lr", type=float, default=None)
+    run.add_argument("--model", default=None, help="classifier (default: the benchmark's)")
+    run.add_argument(
+        "--class-il-active",
+        default="all",
+        help="Class-IL output units: all (NMI-2022) or seen (classes seen so far, 3S-2019)",
+    )
+    run.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a strategy hyperparameter; repeat for several",
+    )
+    run.add_argument("--data-dir", default=None, help="folder with one subfolder per dataset")
+    run.add_argument("--no-download", action="store_true", help="never download data")
+    run.add_argument("--out", default=None, help="write the results as JSON to this file")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    run.add_argument("--quiet", action="store_true", help="print only the summary")
+    sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
+    return parser
+
+
+def _configs(args: argparse.Namespace) -> list[RunConfig]:
+    names = args.strategy.split(",") if args.strategy else main_job_strategies()
+    options = dict(_parse_option(o) for o in args.option)
+    configs = []
+    for name in names:
+        config = RunConfig(
+            benchmark=args.benchmark,
+            scenario=args.scenario,
+            strategy=name.strip(),
+            seeds=args.seeds,
+            first_seed=args.first_seed,
+            iters=args.iters,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            model=args.model,
+            class_il_active=args.class_il_active,
+            data_dir=args.data_dir,
+            download=not args.no_download,
+            options=options,
+        )
+        validate(config)
+        configs.append(config)
+    return configs
+
+
+def _check_output(path: str | None, overwrite: bool) -> None:
+    if path is None:
+        return
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"out: {out} exists; pass --overwrite to replace it or choose another file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"out: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"out: the folder {parent} is not writable")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cljax.engine import run
+    from cljax.results import write_json
+
+    configs = _configs(args)
+    _check_output(args.out, args.overwrite)
+    results = []
+    for config in configs:
+        result = run(config, quiet=args.quiet)
+        print(result.summary(), flush=True)
+        print(flush=True)
+        results.append(result)
+    if len(results) > 1:
+        print("final average accuracy (%):")
+        for r in results:
+            print(f"  {r.strategy:<14} {r.mean:6.2f} +- {r.sem:.2f}   ({r.train_seconds:.1f} s training)")
+    if args.out:
+        payload = results[0].to_dict() if len(results) == 1 else {"runs": [r.to_dict() for r in results]}
+        write_json(args.out, payload)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from cljax.strategies import REGISTRY
+
+    print("benchmarks:")
+    for b in BENCHMARKS.values():
+        print(f"  {b.name:<16} {b.n_contexts} contexts x {b.classes_per_context} classes; {b.source}")
+    print("scenarios:")
+    for s in SCENARIOS:
+        print(f"  {s:<16} {SCENARIO_NAMES[s]}")
+    print("strategies:")
+    for spec in REGISTRY.values():
+        where = "" if spec.scenarios == SCENARIOS else f" [{', '.join(spec.scenarios)} only]"
+        print(f"  {spec.name:<16} {spec.summary}{where}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    except ConfigError as err:
+        print(f"cljax: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
+        print(f"cljax: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

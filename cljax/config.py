@@ -1,0 +1,110 @@
+"""A run's configuration: validated field by field before any data is read or anything compiled."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cljax.models import MODELS
+from cljax.presets import BENCHMARKS, SCENARIOS
+from cljax.scenarios import CLASS_IL_ACTIVE
+
+
+class ConfigError(ValueError):
+    """A config field is out of range; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. ``None`` means: the benchmark's published setting."""
+
+    benchmark: str = "split-mnist"
+    scenario: str = "class"
+    strategy: str = "none"
+    seeds: int = 1
+    first_seed: int = 0
+    iters: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    model: str | None = None
+    class_il_active: str = "all"
+    data_dir: str | None = None
+    download: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    def resolved(self) -> RunConfig:
+        """Validate, then fill every ``None`` with the benchmark's and the strategy's defaults."""
+        from cljax.strategies import get_strategy
+
+        validate(self)
+        bench = BENCHMARKS[self.benchmark]
+        spec = get_strategy(self.strategy)
+        options = {**spec.defaults(self.scenario), **dict(self.options)}
+        return dataclasses.replace(
+            self,
+            iters=self.iters if self.iters is not None else bench.iters,
+            batch_size=self.batch_size if self.batch_size is not None else bench.batch_size,
+            lr=self.lr if self.lr is not None else bench.lr,
+            model=self.model or bench.model,
+            options=options,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "options": dict(self.options)}
+
+
+def _choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: unknown value {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` naming the first field that is out of range."""
+    from cljax.strategies import REGISTRY
+
+    _choice("benchmark", config.benchmark, BENCHMARKS)
+    _choice("scenario", config.scenario, SCENARIOS)
+    _choice("strategy", config.strategy, REGISTRY)
+    spec = REGISTRY[config.strategy]
+    if config.scenario not in spec.scenarios:
+        raise ConfigError(
+            f"strategy: {config.strategy!r} is not defined for the {config.scenario} scenario; "
+            f"it supports: {', '.join(spec.scenarios)}"
+        )
+    _positive_int("seeds", config.seeds, allow_none=False)
+    if isinstance(config.first_seed, bool) or not isinstance(config.first_seed, int) or config.first_seed < 0:
+        raise ConfigError(f"first_seed: must be an integer >= 0, got {config.first_seed!r}")
+    _positive_int("iters", config.iters)
+    _positive_int("batch_size", config.batch_size)
+    if config.lr is not None and not (
+        isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0
+    ):
+        raise ConfigError(f"lr: must be a finite number > 0, got {config.lr!r}")
+    if config.model is not None:
+        _choice("model", config.model, MODELS)
+    _choice("class_il_active", config.class_il_active, CLASS_IL_ACTIVE)
+    if not isinstance(config.options, Mapping):
+        raise ConfigError(
+            f"options: must be a mapping of strategy hyperparameters, got {type(config.options).__name__}"
+        )
+    known = spec.defaults(config.scenario)
+    unknown = sorted(set(config.options) - set(known))
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(
+            f"options: {config.strategy!r} has no hyperparameter {unknown[0]!r}; it takes: {allowed}"
+        )

@@ -1,0 +1,258 @@
+"""The one training loop: compile once, scan each context, evaluate, repeat, with seeds side by side.
+
+Each context's training is a single XLA program: ``lax.scan`` over ``strategy.step`` followed by
+``strategy.end_context``, vmapped over seeds. Programs are compiled ahead of time, once per run, and the
+context index is an argument, so every context and every seed reuses the same executable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from cljax import metrics
+from cljax.batching import gather
+from cljax.config import RunConfig
+from cljax.data import Dataset, load_dataset
+from cljax.losses import accuracy_counts
+from cljax.models import make_classifier
+from cljax.presets import BENCHMARKS
+from cljax.results import RunResult
+from cljax.scenarios import Images, ScenarioInfo, Stream, make_stream, scenario_info
+from cljax.strategies import Setup, Strategy, get_strategy
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def train_context(
+    strategy: Strategy,
+    iters: int,
+    state: Any,
+    images: Images,
+    stream: Stream,
+    context: jax.Array,
+    key: jax.Array,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """One seed's whole context: ``iters`` steps in a scan, then ``end_context``."""
+    step_key, end_key = jax.random.split(key)
+
+    def body(carry, k):
+        return strategy.step(carry, images, stream, context, k)
+
+    state, step_metrics = jax.lax.scan(body, state, jax.random.split(step_key, iters))
+    return strategy.end_context(state, images, stream, context, end_key), step_metrics
+
+
+def evaluate(
+    strategy: Strategy,
+    info: ScenarioInfo,
+    state: Any,
+    images: Images,
+    stream: Stream,
+    trained_upto: jax.Array,
+) -> jax.Array:
+    """Accuracy on every context's full test set after training on contexts 0..trained_upto.
+
+    Task-IL evaluates each context on its own output units; Domain- and Class-IL on the units active in
+    the last trained context.
+    """
+    slots = jnp.arange(stream.test_idx.shape[1])
+
+    def one_context(j):
+        ctx = jnp.full(slots.shape, j, jnp.int32)
+        batch = gather(info, images, stream, ctx, slots, train=False)
+        mask = stream.active[j] if info.task_il else stream.active[trained_upto]
+        hits = accuracy_counts(strategy.predict(state, batch.x), batch.y, mask, slots < stream.test_n[j])
+        return hits / stream.test_n[j]
+
+    return jax.lax.map(one_context, jnp.arange(info.n_contexts))
+
+
+@dataclass
+class Experiment:
+    """A prepared run: the data on the device, the streams of every seed and the strategy's functions."""
+
+    config: RunConfig
+    info: ScenarioInfo
+    setup: Setup
+    strategy: Strategy
+    images: Images
+    streams: Stream  # leading axis: seeds
+    seeds: list[int]
+
+    def programs(self) -> dict[str, Callable]:
+        """The vmapped, not yet compiled, programs of this run."""
+        strategy, info, iters = self.strategy, self.info, self.setup.iters
+        return {
+            "init": jax.vmap(strategy.init, in_axes=(0, None, 0)),
+            "train": jax.vmap(
+                lambda s, im, st, c, k: train_context(strategy, iters, s, im, st, c, k),
+                in_axes=(0, None, 0, None, 0),
+            ),
+            "evaluate": jax.vmap(
+                lambda s, im, st, c: evaluate(strategy, info, s, im, st, c), in_axes=(0, None, 0, None)
+            ),
+        }
+
+
+def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
+    """Adam (0.9, 0.999), as in the reference; one optimizer for the whole run, never reset."""
+    return optax.adam(config.lr, b1=0.9, b2=0.999)
+
+
+def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
+    """Validate the config, load the data (unless given) and build streams and strategy."""
+    config = config.resolved()
+    bench = BENCHMARKS[config.benchmark]
+    spec = get_strategy(config.strategy)
+    if dataset is None:
+        dataset = load_dataset(bench.dataset, config.data_dir, download=config.download)
+    info = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
+    seeds = config.seed_list
+    per_seed = [
+        make_stream(bench, config.scenario, dataset.train_y, dataset.test_y, seed, config.class_il_active)
+        for seed in seeds
+    ]
+    streams = jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed)
+    images = Images(
+        *(jnp.asarray(a) for a in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y))
+    )
+    setup = Setup(
+        info=info,
+        model=make_classifier(config.model, info.n_out),
+        optimizer=make_optimizer(config),
+        batch_size=config.batch_size,
+        iters=config.iters,
+    )
+    return Experiment(config, info, setup, spec.build(setup, config.options), images, streams, seeds)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, so a table can be traced to how it was made."""
+    import flax
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _check_finite(losses: np.ndarray, context: int, seeds: list[int]) -> None:
+    bad = ~np.isfinite(losses)
+    if bad.any():
+        s, i = np.argwhere(bad)[0]
+        raise NonFiniteLossError(
+            f"the loss became {losses[s, i]} in context {context + 1}, iteration {i + 1} (seed {seeds[s]}); "
+            "lower the learning rate (--lr) or the strategy's penalty strength"
+        )
+
+
+def execute(exp: Experiment, quiet: bool = False) -> RunResult:
+    """Compile the programs once, then train and evaluate context after context."""
+    cfg, n_ctx = exp.config, exp.info.n_contexts
+    n_seeds = len(exp.seeds)
+    wall_start = time.perf_counter()
+    base_keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
+    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
+
+    def context_keys(c: int) -> jax.Array:
+        return jax.vmap(lambda k: jax.random.fold_in(k, c + 1))(base_keys)
+
+    progs = exp.programs()
+    t0 = time.perf_counter()
+    init = jax.jit(progs["init"]).lower(init_keys, exp.images, exp.streams).compile()
+    states = init(init_keys, exp.images, exp.streams)
+    c0 = jnp.asarray(0, jnp.int32)
+    train = jax.jit(progs["train"], donate_argnums=0).lower(
+        states, exp.images, exp.streams, c0, context_keys(0)
+    )
+    train = train.compile()
+    evaluate_all = jax.jit(progs["evaluate"]).lower(states, exp.images, exp.streams, c0).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    initial = np.asarray(evaluate_all(states, exp.images, exp.streams, c0))
+    rows, train_seconds = [], 0.0
+    bar = tqdm(
+        total=n_ctx,
+        desc=f"{cfg.strategy} {cfg.benchmark} {cfg.scenario}",
+        unit="ctx",
+        disable=True if quiet else None,
+        leave=False,
+    )
+    for c in range(n_ctx):
+        ctx = jnp.asarray(c, jnp.int32)
+        t = time.perf_counter()
+        states, step_metrics = train(states, exp.images, exp.streams, ctx, context_keys(c))
+        losses = np.asarray(step_metrics["loss"])  # (seeds, iters); also waits for the context to finish
+        elapsed = time.perf_counter() - t
+        train_seconds += elapsed
+        _check_finite(losses, c, exp.seeds)
+        rows.append(np.asarray(evaluate_all(states, exp.images, exp.streams, ctx)))
+        bar.set_postfix(
+            loss=f"{losses[:, -100:].mean():.4f}",
+            it_s=f"{cfg.iters / elapsed:.0f}",
+            acc=f"{100 * rows[-1][:, : c + 1].mean():.1f}",
+        )
+        bar.update()
+    bar.close()
+
+    acc = np.stack(rows, axis=1)  # (seeds, trained, tested)
+    per_seed = [metrics.summarize(acc[s], initial[s]) for s in range(n_seeds)]
+    finals = [m["final_avg_acc"] for m in per_seed]
+    mean, sem = metrics.mean_sem(finals)
+    config_dict = cfg.to_dict()
+    config_dict["wall_seconds"] = time.perf_counter() - wall_start
+    return RunResult(
+        benchmark=cfg.benchmark,
+        scenario=cfg.scenario,
+        strategy=cfg.strategy,
+        seeds=exp.seeds,
+        acc_matrix=(100 * acc).tolist(),
+        initial_acc=(100 * initial).tolist(),
+        final_avg_acc=finals,
+        mean=mean,
+        sem=sem,
+        forgetting=[m["forgetting"] for m in per_seed],
+        bwt=[m["bwt"] for m in per_seed],
+        fwt=[m["fwt"] for m in per_seed],
+        train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+        iterations_per_second=n_ctx * cfg.iters / train_seconds,
+        config=config_dict,
+        environment=environment(),
+    )
+
+
+def run(
+    config: RunConfig | None = None, *, quiet: bool = False, dataset: Dataset | None = None, **overrides: Any
+) -> RunResult:
+    """Run one strategy on one benchmark and scenario for every seed, side by side.
+
+    >>> result = cljax.run(benchmark="split-mnist", scenario="class", strategy="none", seeds=5)
+    >>> result.mean, result.sem
+    """
+    config = dataclasses.replace(config or RunConfig(), **overrides)
+    return execute(prepare(config, dataset), quiet=quiet)

@@ -1,0 +1,87 @@
+"""What every strategy is made of: a few pure functions over an explicit state pytree.
+
+A strategy is built by a factory that closes over the static pieces (network, optimizer, hyperparameters)
+and returns a :class:`Strategy` of pure functions, in the spirit of ``optax.GradientTransformation``. The
+engine scans ``step`` over one context's iterations, then calls ``end_context``; nothing a strategy
+keeps between contexts (frozen params, buffers, Fisher) lives anywhere but in the state it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.presets import SCENARIOS
+from cljax.scenarios import Images, ScenarioInfo, Stream
+
+State = Any
+Metrics = dict[str, jax.Array]
+
+
+class Setup(NamedTuple):
+    """The static pieces a strategy is built from."""
+
+    info: ScenarioInfo
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    batch_size: int
+    iters: int
+
+
+class Strategy(NamedTuple):
+    """Pure functions that define a continual-learning method.
+
+    init(key, images, stream) -> state
+    step(state, images, stream, context, key) -> (state, metrics)   one training iteration
+    end_context(state, images, stream, context, key) -> state        after a context's last iteration
+    predict(state, x) -> logits                                      for evaluation
+    """
+
+    init: Callable[[jax.Array, Images, Stream], State]
+    step: Callable[[State, Images, Stream, jax.Array, jax.Array], tuple[State, Metrics]]
+    end_context: Callable[[State, Images, Stream, jax.Array, jax.Array], State]
+    predict: Callable[[State, jax.Array], jax.Array]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A registered strategy: how to build it, where it applies and its published defaults."""
+
+    name: str
+    build: Callable[[Setup, Mapping[str, Any]], Strategy]
+    summary: str
+    scenarios: tuple[str, ...] = SCENARIOS
+    defaults: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
+
+
+class ClassifierState(flax.struct.PyTreeNode):
+    """A classifier's trainable params and its optimizer state."""
+
+    params: Any
+    opt_state: Any
+
+
+def init_classifier(setup: Setup, key: jax.Array) -> ClassifierState:
+    """Initialise the network on a dummy batch and the optimizer on its params."""
+    dummy = jnp.zeros((1, *setup.info.input_shape), jnp.float32)
+    params = setup.model.init(key, dummy)
+    return ClassifierState(params=params, opt_state=setup.optimizer.init(params))
+
+
+def apply_gradients(setup: Setup, state: ClassifierState, grads: Any) -> ClassifierState:
+    """One optimizer update."""
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+
+def keep_state(state: State, images: Images, stream: Stream, context: jax.Array, key: jax.Array) -> State:
+    """``end_context`` for strategies that carry nothing across contexts."""
+    del images, stream, context, key
+    return state
