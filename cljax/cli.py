@@ -24,6 +24,19 @@ def main_job_strategies() -> list[str]:
     return ["none", best]
 
 
+# Flags for the hyperparameters the field names; each sets the strategy option of the same name.
+HYPERPARAMETER_FLAGS = (
+    ("budget", int, "stored samples per class (episodic memory; NMI-2022: 100)"),
+    ("total-budget", int, "stored samples in all (3S-2019 protocol; e.g. 2000 for iCaRL)"),
+    ("lambda", float, "regularisation strength (EWC, online EWC)"),
+    ("c", float, "SI regularisation strength"),
+    ("gamma", float, "online EWC's decay of the running Fisher"),
+    ("temperature", float, "distillation temperature"),
+    ("fisher-n", int, "samples for the Fisher information (default: all of the context)"),
+    ("generator", str, "generative replay's generator: vae or gan"),
+)
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"options: expected KEY=VALUE, got {text!r} (for example --option temperature=2)")
@@ -61,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="Class-IL output units: all (NMI-2022) or seen (classes seen so far, 3S-2019)",
     )
+    for flag, kind, text in HYPERPARAMETER_FLAGS:
+        run.add_argument(f"--{flag}", type=kind, default=None, help=text)
     run.add_argument(
         "--option",
         action="append",
@@ -72,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-download", action="store_true", help="never download data")
     run.add_argument("--out", default=None, help="write the results as JSON to this file")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    run.add_argument(
+        "--save-samples",
+        default=None,
+        metavar="DIR",
+        help="write a PNG grid of replayed samples after each context (generative replay)",
+    )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
     return parser
@@ -79,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configs(args: argparse.Namespace) -> list[RunConfig]:
     names = args.strategy.split(",") if args.strategy else main_job_strategies()
-    options = dict(_parse_option(o) for o in args.option)
+    options = {
+        flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag, _, _ in HYPERPARAMETER_FLAGS
+    }
+    options = {key: value for key, value in options.items() if value is not None}
+    options.update(_parse_option(o) for o in args.option)
     configs = []
     for name in names:
         config = RunConfig(
@@ -123,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_output(args.out, args.overwrite)
     results = []
     for config in configs:
-        result = run(config, quiet=args.quiet)
+        result = run(config, quiet=args.quiet, save_samples=args.save_samples)
         print(result.summary(), flush=True)
         print(flush=True)
         results.append(result)

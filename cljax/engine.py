@@ -8,10 +8,12 @@ context index is an argument, so every context and every seed reuses the same ex
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +26,7 @@ from cljax import metrics
 from cljax.batching import gather
 from cljax.config import RunConfig
 from cljax.data import Dataset, load_dataset
+from cljax.images import grid, write_png
 from cljax.losses import accuracy_counts
 from cljax.models import make_classifier
 from cljax.presets import BENCHMARKS
@@ -170,8 +173,25 @@ def _check_finite(losses: np.ndarray, context: int, seeds: list[int]) -> None:
         )
 
 
-def execute(exp: Experiment, quiet: bool = False) -> RunResult:
-    """Compile the programs once, then train and evaluate context after context."""
+def _save_samples(exp: Experiment, states: Any, context: int, folder: Path) -> None:
+    """A PNG grid of what the strategy's generator replays now, one file per seed."""
+    key = jax.random.key(context)
+    samples = jax.vmap(lambda s: exp.strategy.sample(s, key, 100))(states)
+    for seed, images in zip(exp.seeds, np.asarray(samples), strict=True):
+        write_png(folder / f"{exp.config.strategy}_seed{seed}_context{context + 1}.png", grid(images))
+
+
+def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLike | None = None) -> RunResult:
+    """Compile the programs once, then train and evaluate context after context.
+
+    ``save_samples``: a folder for PNG grids of the replayed samples after each context (generative replay).
+    """
+    if save_samples is not None:
+        if exp.strategy.sample is None:
+            raise ValueError(
+                f"--save-samples: strategy {exp.config.strategy!r} has no generator to sample from"
+            )
+        Path(save_samples).mkdir(parents=True, exist_ok=True)
     cfg, n_ctx = exp.config, exp.info.n_contexts
     n_seeds = len(exp.seeds)
     wall_start = time.perf_counter()
@@ -211,6 +231,8 @@ def execute(exp: Experiment, quiet: bool = False) -> RunResult:
         train_seconds += elapsed
         _check_finite(losses, c, exp.seeds)
         rows.append(np.asarray(evaluate_all(states, exp.images, exp.streams, ctx)))
+        if save_samples is not None:
+            _save_samples(exp, states, c, Path(save_samples))
         bar.set_postfix(
             loss=f"{losses[:, -100:].mean():.4f}",
             it_s=f"{cfg.iters / elapsed:.0f}",
@@ -247,7 +269,12 @@ def execute(exp: Experiment, quiet: bool = False) -> RunResult:
 
 
 def run(
-    config: RunConfig | None = None, *, quiet: bool = False, dataset: Dataset | None = None, **overrides: Any
+    config: RunConfig | None = None,
+    *,
+    quiet: bool = False,
+    dataset: Dataset | None = None,
+    save_samples: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> RunResult:
     """Run one strategy on one benchmark and scenario for every seed, side by side.
 
@@ -255,4 +282,4 @@ def run(
     >>> result.mean, result.sem
     """
     config = dataclasses.replace(config or RunConfig(), **overrides)
-    return execute(prepare(config, dataset), quiet=quiet)
+    return execute(prepare(config, dataset), quiet=quiet, save_samples=save_samples)

@@ -42,12 +42,15 @@ class Strategy(NamedTuple):
     step(state, images, stream, context, key) -> (state, metrics)   one training iteration
     end_context(state, images, stream, context, key) -> state        after a context's last iteration
     predict(state, x) -> logits                                      for evaluation
+    sample(state, key, n) -> images                                  optional: what a generator replays,
+                                                                     float (n, H, W, C) in [0, 1]
     """
 
     init: Callable[[jax.Array, Images, Stream], State]
     step: Callable[[State, Images, Stream, jax.Array, jax.Array], tuple[State, Metrics]]
     end_context: Callable[[State, Images, Stream, jax.Array, jax.Array], State]
     predict: Callable[[State, jax.Array], jax.Array]
+    sample: Callable[[State, jax.Array, int], jax.Array] | None = None
 
 
 @dataclass(frozen=True)
