@@ -31,7 +31,7 @@ from cljax.losses import accuracy_counts
 from cljax.models import make_classifier
 from cljax.presets import BENCHMARKS
 from cljax.results import RunResult
-from cljax.scenarios import Images, ScenarioInfo, Stream, make_stream, scenario_info
+from cljax.scenarios import Images, ScenarioInfo, Stream, make_stream, scenario_info, stack_streams
 from cljax.strategies import Setup, Strategy, get_strategy
 
 
@@ -128,7 +128,7 @@ def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
         make_stream(bench, config.scenario, dataset.train_y, dataset.test_y, seed, config.class_il_active)
         for seed in seeds
     ]
-    streams = jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed)
+    streams = stack_streams(per_seed)
     images = Images(
         *(jnp.asarray(a) for a in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y))
     )
@@ -214,7 +214,7 @@ def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLik
     compile_seconds = time.perf_counter() - t0
 
     initial = np.asarray(evaluate_all(states, exp.images, exp.streams, c0))
-    rows, train_seconds = [], 0.0
+    rows, context_loss, train_seconds = [], [], 0.0
     bar = tqdm(
         total=n_ctx,
         desc=f"{cfg.strategy} {cfg.benchmark} {cfg.scenario}",
@@ -230,6 +230,7 @@ def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLik
         elapsed = time.perf_counter() - t
         train_seconds += elapsed
         _check_finite(losses, c, exp.seeds)
+        context_loss.append(losses.mean(axis=1))
         rows.append(np.asarray(evaluate_all(states, exp.images, exp.streams, ctx)))
         if save_samples is not None:
             _save_samples(exp, states, c, Path(save_samples))
@@ -263,6 +264,7 @@ def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLik
         train_seconds=train_seconds,
         compile_seconds=compile_seconds,
         iterations_per_second=n_ctx * cfg.iters / train_seconds,
+        context_loss=np.stack(context_loss, axis=1).tolist(),
         config=config_dict,
         environment=environment(),
     )

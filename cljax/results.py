@@ -32,6 +32,7 @@ class RunResult:
     train_seconds: float
     compile_seconds: float
     iterations_per_second: float
+    context_loss: list[list[float]]  # (seeds, contexts): mean training loss over each context's iterations
     config: dict[str, Any]
     environment: dict[str, Any] = field(default_factory=dict)
 

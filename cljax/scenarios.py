@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -175,3 +176,17 @@ def scenario_info(bench: Benchmark, scenario: str, image_shape: tuple[int, ...])
         permuted=bench.permuted,
         normalize=bench.normalize,
     )
+
+
+def stack_streams(streams: list[Stream]) -> Stream:
+    """Stack per-seed streams along a new leading axis, padding index tables to a common width."""
+
+    def pad(table: jnp.ndarray, width: int) -> jnp.ndarray:
+        return jnp.pad(table, ((0, 0), (0, width - table.shape[1])))
+
+    train_w = max(s.train_idx.shape[1] for s in streams)
+    test_w = max(s.test_idx.shape[1] for s in streams)
+    streams = [
+        s._replace(train_idx=pad(s.train_idx, train_w), test_idx=pad(s.test_idx, test_w)) for s in streams
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *streams)

@@ -1,0 +1,72 @@
+"""Averaged gradient episodic memory (A-GEM; Chaudhry et al., ICLR 2019).
+
+The gradient on the current batch is projected whenever it would increase the loss on a batch of stored
+samples: if g . g_ref < 0, g <- g - (g . g_ref) / (|g_ref|^2 + 1e-7) g_ref. Protocol (shared/PROTOCOL.md;
+NMI-2022 and GMvandeVen/continual-learning): 100 random samples per class, a reference batch of 128
+(Task-IL: every earlier context equally, losses averaged), the current loss unweighted. Published
+split-MNIST accuracy (NMI-2022): 98.54 (Task-IL), 87.67 (Domain-IL), 65.10 (Class-IL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
+from cljax.strategies.memory_replay import (
+    BUDGET_OPTIONS,
+    ReplayState,
+    class_memory_strategy,
+    current_and_replay,
+    per_sample_cross_entropy,
+    resolve_budget,
+)
+
+EPS_AGEM = 1e-7  # the reference's eps_agem
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+    """The dot product of two pytrees of arrays, as if each were flattened into one vector."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def agem_project(grads: Any, ref_grads: Any, eps: float = EPS_AGEM) -> Any:
+    """A-GEM's projection: g - (g . g_ref) / (|g_ref|^2 + eps) g_ref if g . g_ref < 0, else g."""
+    angle = tree_vdot(grads, ref_grads)
+    scale = jnp.where(angle < 0, angle / (tree_vdot(ref_grads, ref_grads) + eps), 0.0)
+    return jax.tree.map(lambda g, r: g - scale * r, grads, ref_grads)
+
+
+def agem(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
+    """A-GEM with a class-balanced memory (options ``budget`` or ``total_budget``, as for ``er``)."""
+    budget = resolve_budget(setup.info, options or {})
+
+    def step(state: ReplayState, images, stream, context, key):
+        batch, w_current, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+
+        def losses(params):
+            logits = setup.model.apply(params, batch.x)
+            per_sample = per_sample_cross_entropy(logits, batch.y, batch.mask)
+            return jnp.stack([jnp.sum(w_current * per_sample), jnp.sum(w_replay * per_sample)])
+
+        # One forward pass, two backward passes (vmapped): the current and the reference gradient.
+        values, pullback = jax.vjp(losses, state.params)
+        (both,) = jax.vmap(pullback)(jnp.eye(2, dtype=values.dtype))
+        grads = agem_project(jax.tree.map(lambda g: g[0], both), jax.tree.map(lambda g: g[1], both))
+        loss = values[0]
+        return apply_gradients(setup, state, grads), {"loss": loss}
+
+    return class_memory_strategy(setup, budget, step)
+
+
+SPECS = (
+    StrategySpec(
+        "agem",
+        agem,
+        "A-GEM: project the gradient onto the stored samples' half-space, 100 per class (NMI-2022)",
+        defaults=lambda scenario: dict(BUDGET_OPTIONS),
+    ),
+)

@@ -1,0 +1,60 @@
+"""Experience replay (ER): train on the current batch and on a batch of stored samples.
+
+Protocol (shared/PROTOCOL.md; NMI-2022 and GMvandeVen/continual-learning): 100 randomly chosen samples per
+class are stored at the end of each context; every iteration adds a replay batch of 128 from the memory
+and the loss is (1/t) L_current + (1 - 1/t) L_replay for the t-th context; Task-IL replays every earlier
+context equally (ceil(128/(t-1)) each, losses averaged). Published split-MNIST accuracy (NMI-2022):
+93.75 (Domain-IL), 88.79 (Class-IL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cljax.losses import replay_weight
+from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
+from cljax.strategies.memory_replay import (
+    BUDGET_OPTIONS,
+    ReplayState,
+    class_memory_strategy,
+    current_and_replay,
+    per_sample_cross_entropy,
+    resolve_budget,
+)
+
+
+def er(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
+    """Experience replay from a class-balanced memory.
+
+    Options: ``budget`` (samples per class; default the benchmark's published one, 100 on split MNIST) or
+    ``total_budget`` (samples in all, shared by the classes seen so far); not both.
+    """
+    budget = resolve_budget(setup.info, options or {})
+
+    def step(state: ReplayState, images, stream, context, key):
+        batch, w_current, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+        rnt = replay_weight(context)
+        weights = rnt * w_current + (1.0 - rnt) * w_replay
+
+        def loss_fn(params):
+            logits = setup.model.apply(params, batch.x)
+            return jnp.sum(weights * per_sample_cross_entropy(logits, batch.y, batch.mask))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return apply_gradients(setup, state, grads), {"loss": loss}
+
+    return class_memory_strategy(setup, budget, step)
+
+
+SPECS = (
+    StrategySpec(
+        "er",
+        er,
+        "experience replay, 100 random samples per class, loss (1/t) L_cur + (1-1/t) L_replay (NMI-2022)",
+        defaults=lambda scenario: dict(BUDGET_OPTIONS),
+    ),
+)

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real MNIST when ../shared/data has it, and a tiny synthetic dataset otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cljax.data import Dataset, load_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def synthetic_dataset(
+    n_classes: int = 10, per_class: int = 60, test_per_class: int = 20, seed: int = 0
+) -> Dataset:
+    """Linearly separable 28x28 'digits': each class lights its own block of pixels, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(count: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(n_classes), count)
+        x = rng.integers(0, 60, size=(len(y), 28, 28, 1))
+        for c in range(n_classes):
+            row, col = divmod(c, 5)
+            x[y == c, 2 + row * 12 : 12 + row * 12, 1 + col * 5 : 5 + col * 5] += 180
+        order = rng.permutation(len(y))
+        return x[order].astype(np.uint8), y[order].astype(np.int32)
+
+    train_x, train_y = split(per_class)
+    test_x, test_y = split(test_per_class)
+    return Dataset("mnist", train_x, train_y, test_x, test_y, n_classes)
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Dataset:
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Dataset:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real MNIST not found at {SHARED_DATA / 'mnist'}")
+    return load_dataset("mnist", SHARED_DATA, download=False)
