@@ -93,8 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write a PNG grid of replayed samples after each context (generative replay)",
     )
+    run.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="save the whole state after every context (orbax); see --resume",
+    )
+    run.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir")
+    run.add_argument(
+        "--log-dir",
+        default=None,
+        metavar="DIR",
+        help="per-context metrics as CSV (and TensorBoard events if tensorboardX is installed)",
+    )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
+    plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
+    plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
+    plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser
 
 
@@ -148,7 +165,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_output(args.out, args.overwrite)
     results = []
     for config in configs:
-        result = run(config, quiet=args.quiet, save_samples=args.save_samples)
+        checkpoint_dir = args.checkpoint_dir
+        if checkpoint_dir is not None and len(configs) > 1:
+            checkpoint_dir = str(Path(checkpoint_dir) / config.strategy)
+        result = run(
+            config,
+            quiet=args.quiet,
+            save_samples=args.save_samples,
+            checkpoint_dir=checkpoint_dir,
+            resume=args.resume,
+            log_dir=args.log_dir,
+        )
         print(result.summary(), flush=True)
         print(flush=True)
         results.append(result)
@@ -179,10 +206,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from cljax.plots import load_runs, plot_runs
+
+    _check_output(args.out, args.overwrite)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("plot: needs matplotlib; install it with pip install -e '.[plots]'") from None
+    print(f"wrote {plot_runs(load_runs(args.results), args.out)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "plot": cmd_plot}[args.command](args)
     except ConfigError as err:
         print(f"cljax: error: {err}", file=sys.stderr)
         return 2

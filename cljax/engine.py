@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from cljax import metrics
 from cljax.batching import gather
-from cljax.config import RunConfig
+from cljax.checkpoint import Checkpoints
+from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.images import grid, write_png
+from cljax.logs import MetricsLog
 from cljax.losses import accuracy_counts
 from cljax.models import make_classifier
 from cljax.presets import BENCHMARKS
@@ -181,19 +183,28 @@ def _save_samples(exp: Experiment, states: Any, context: int, folder: Path) -> N
         write_png(folder / f"{exp.config.strategy}_seed{seed}_context{context + 1}.png", grid(images))
 
 
-def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLike | None = None) -> RunResult:
+def execute(
+    exp: Experiment,
+    quiet: bool = False,
+    save_samples: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_dir: str | os.PathLike | None = None,
+) -> RunResult:
     """Compile the programs once, then train and evaluate context after context.
 
     ``save_samples``: a folder for PNG grids of the replayed samples after each context (generative replay).
+    ``checkpoint_dir``: save everything after each context; with ``resume``, continue from the last one.
+    ``log_dir``: per-context metrics as CSV (and TensorBoard events where available).
     """
+    cfg, n_ctx = exp.config, exp.info.n_contexts
     if save_samples is not None:
         if exp.strategy.sample is None:
-            raise ValueError(
-                f"--save-samples: strategy {exp.config.strategy!r} has no generator to sample from"
-            )
+            raise ConfigError(f"save_samples: strategy {cfg.strategy!r} has no generator to sample from")
         Path(save_samples).mkdir(parents=True, exist_ok=True)
-    cfg, n_ctx = exp.config, exp.info.n_contexts
-    n_seeds = len(exp.seeds)
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume: needs --checkpoint-dir, the folder of the run to continue")
+    checkpoints = Checkpoints(checkpoint_dir, cfg.to_dict(), resume) if checkpoint_dir is not None else None
     wall_start = time.perf_counter()
     base_keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
@@ -213,39 +224,71 @@ def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLik
     evaluate_all = jax.jit(progs["evaluate"]).lower(states, exp.images, exp.streams, c0).compile()
     compile_seconds = time.perf_counter() - t0
 
-    initial = np.asarray(evaluate_all(states, exp.images, exp.streams, c0))
-    rows, context_loss, train_seconds = [], [], 0.0
+    progress = {
+        "initial": np.asarray(evaluate_all(states, exp.images, exp.streams, c0)).tolist(),
+        "rows": [],  # per context: (seeds, contexts) accuracies in [0, 1]
+        "context_loss": [],  # per context: (seeds,)
+        "train_seconds": 0.0,
+    }
+    start = 0
+    if resume:
+        restored = checkpoints.restore(states)
+        if restored is not None:
+            start, states, progress = restored
+    log = (
+        MetricsLog(
+            log_dir,
+            {"benchmark": cfg.benchmark, "scenario": cfg.scenario, "strategy": cfg.strategy},
+            exp.seeds,
+        )
+        if log_dir is not None
+        else None
+    )
     bar = tqdm(
         total=n_ctx,
+        initial=start,
         desc=f"{cfg.strategy} {cfg.benchmark} {cfg.scenario}",
         unit="ctx",
         disable=True if quiet else None,
         leave=False,
     )
-    for c in range(n_ctx):
-        ctx = jnp.asarray(c, jnp.int32)
-        t = time.perf_counter()
-        states, step_metrics = train(states, exp.images, exp.streams, ctx, context_keys(c))
-        losses = np.asarray(step_metrics["loss"])  # (seeds, iters); also waits for the context to finish
-        elapsed = time.perf_counter() - t
-        train_seconds += elapsed
-        _check_finite(losses, c, exp.seeds)
-        context_loss.append(losses.mean(axis=1))
-        rows.append(np.asarray(evaluate_all(states, exp.images, exp.streams, ctx)))
-        if save_samples is not None:
-            _save_samples(exp, states, c, Path(save_samples))
-        bar.set_postfix(
-            loss=f"{losses[:, -100:].mean():.4f}",
-            it_s=f"{cfg.iters / elapsed:.0f}",
-            acc=f"{100 * rows[-1][:, : c + 1].mean():.1f}",
-        )
-        bar.update()
-    bar.close()
+    try:
+        for c in range(start, n_ctx):
+            ctx = jnp.asarray(c, jnp.int32)
+            t = time.perf_counter()
+            states, step_metrics = train(states, exp.images, exp.streams, ctx, context_keys(c))
+            losses = np.asarray(step_metrics["loss"])  # (seeds, iters); also waits for the context to finish
+            elapsed = time.perf_counter() - t
+            _check_finite(losses, c, exp.seeds)
+            row = np.asarray(evaluate_all(states, exp.images, exp.streams, ctx))
+            progress["train_seconds"] += elapsed
+            progress["rows"].append(row.tolist())
+            progress["context_loss"].append(losses.mean(axis=1).tolist())
+            if checkpoints is not None:
+                checkpoints.save(c + 1, states, progress)
+            if log is not None:
+                log.context(c, elapsed, losses.mean(axis=1), row)
+            if save_samples is not None:
+                _save_samples(exp, states, c, Path(save_samples))
+            bar.set_postfix(
+                loss=f"{losses[:, -100:].mean():.4f}",
+                it_s=f"{cfg.iters / elapsed:.0f}",
+                acc=f"{100 * row[:, : c + 1].mean():.1f}",
+            )
+            bar.update()
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        if checkpoints is not None:
+            checkpoints.close()
 
-    acc = np.stack(rows, axis=1)  # (seeds, trained, tested)
-    per_seed = [metrics.summarize(acc[s], initial[s]) for s in range(n_seeds)]
+    acc = np.stack([np.asarray(r) for r in progress["rows"]], axis=1)  # (seeds, trained, tested)
+    initial = np.asarray(progress["initial"])
+    per_seed = [metrics.summarize(acc[s], initial[s]) for s in range(len(exp.seeds))]
     finals = [m["final_avg_acc"] for m in per_seed]
     mean, sem = metrics.mean_sem(finals)
+    train_seconds = progress["train_seconds"]
     config_dict = cfg.to_dict()
     config_dict["wall_seconds"] = time.perf_counter() - wall_start
     return RunResult(
@@ -263,8 +306,8 @@ def execute(exp: Experiment, quiet: bool = False, save_samples: str | os.PathLik
         fwt=[m["fwt"] for m in per_seed],
         train_seconds=train_seconds,
         compile_seconds=compile_seconds,
-        iterations_per_second=n_ctx * cfg.iters / train_seconds,
-        context_loss=np.stack(context_loss, axis=1).tolist(),
+        iterations_per_second=n_ctx * cfg.iters / train_seconds if train_seconds else 0.0,
+        context_loss=np.asarray(progress["context_loss"]).T.tolist(),
         config=config_dict,
         environment=environment(),
     )
@@ -276,6 +319,9 @@ def run(
     quiet: bool = False,
     dataset: Dataset | None = None,
     save_samples: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_dir: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Run one strategy on one benchmark and scenario for every seed, side by side.
@@ -284,4 +330,11 @@ def run(
     >>> result.mean, result.sem
     """
     config = dataclasses.replace(config or RunConfig(), **overrides)
-    return execute(prepare(config, dataset), quiet=quiet, save_samples=save_samples)
+    return execute(
+        prepare(config, dataset),
+        quiet=quiet,
+        save_samples=save_samples,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        log_dir=log_dir,
+    )

@@ -70,9 +70,13 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """Write ``payload`` as JSON through a temporary file and an atomic rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write the results to {path}: {err.strerror or err}") from err
     return path
