@@ -108,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
+    table = sub.add_parser(
+        "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
+    )
+    table.add_argument("name", help="nmi2022-split-mnist, 3s2019-split-mnist or nmi2022-perm-mnist")
+    table.add_argument(
+        "--out-dir", required=True, help="folder for the runs, table.md/.csv/.json and figures"
+    )
+    table.add_argument("--seeds", type=int, default=None, help="default: the paper's (20 for split MNIST)")
+    table.add_argument("--first-seed", type=int, default=None, help="default: the paper's (2)")
+    table.add_argument(
+        "--iters", type=int, default=None, help="iterations per context (default: the protocol's)"
+    )
+    table.add_argument(
+        "--methods", default=None, help="strategies to run, separated by commas (default: all)"
+    )
+    table.add_argument(
+        "--scenarios", default=None, help="scenarios to run, separated by commas (default: all)"
+    )
+    table.add_argument("--data-dir", default=None)
+    table.add_argument("--quiet", action="store_true")
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
@@ -206,6 +226,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from cljax.tables import TABLES, run_table
+
+    if args.name not in TABLES:
+        raise ConfigError(f"table: unknown table {args.name!r}; choose one of: {', '.join(TABLES)}")
+    split = lambda text: [t.strip() for t in text.split(",")] if text else None  # noqa: E731
+    summary = run_table(
+        TABLES[args.name],
+        args.out_dir,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        iters=args.iters,
+        methods=split(args.methods),
+        scenarios=split(args.scenarios),
+        data_dir=args.data_dir,
+        quiet=args.quiet,
+    )
+    print((Path(args.out_dir) / "table.md").read_text())
+    print(f"{len(summary['cells'])} cells in {args.out_dir}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from cljax.plots import load_runs, plot_runs
 
@@ -221,7 +263,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list, "plot": cmd_plot}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "table": cmd_table, "plot": cmd_plot}[args.command](args)
     except ConfigError as err:
         print(f"cljax: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,376 @@
+"""Published tables as runnable specifications: each method x scenario cell beside the paper's value.
+
+``run_table`` runs the cells that are missing from the output folder (so a long table can be continued),
+then writes the table as markdown, CSV and JSON and draws two figures. A cell is flagged when it differs
+from the published mean by more than max(2 points, 3 SEM x sqrt(20 / seeds)) (the papers used 20 seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cljax.config import ConfigError, RunConfig
+from cljax.presets import SCENARIO_NAMES, SCENARIOS
+from cljax.results import write_json
+
+Published = Mapping[str, tuple[float, float | None]]  # scenario -> (mean, SEM or None)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a table: a strategy with its options per scenario and the published values."""
+
+    label: str
+    strategy: str
+    published: Published = field(default_factory=dict)
+    options: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
+    scenarios: tuple[str, ...] = SCENARIOS
+    class_il_active: str = "all"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A published table: its benchmark, methods and the protocol's seeds."""
+
+    name: str
+    title: str
+    benchmark: str
+    methods: tuple[Method, ...]
+    seeds: int = 20
+    first_seed: int = 2
+    source: str = ""
+
+
+def _nmi_split_mnist() -> Table:
+    p = {  # NMI-2022 Table 2 (shared/PROTOCOL.md), mean (SEM) over 20 seeds
+        "none": {"task": (84.32, 0.99), "domain": (60.13, 1.66), "class": (19.89, 0.02)},
+        "joint": {"task": (99.67, 0.03), "domain": (98.59, 0.05), "class": (98.17, 0.04)},
+        "ewc": {"task": (99.06, 0.15), "domain": (63.03, 1.58), "class": (20.64, 0.52)},
+        "lwf": {"task": (99.60, 0.03), "domain": (71.18, 1.42), "class": (21.89, 0.32)},
+        "agem": {"task": (98.54, 0.10), "domain": (87.67, 1.33), "class": (65.10, 3.64)},
+        "er": {"domain": (93.75, None), "class": (88.79, None)},
+        "dgr": {"domain": (95.57, None), "class": (90.35, None)},
+        "bir": {"domain": (97.26, None), "class": (94.41, None)},
+    }
+    methods = (
+        Method("None", "none", p["none"]),
+        Method("Joint", "joint", p["joint"]),
+        Method("EWC", "ewc", p["ewc"]),
+        Method("SI", "si"),
+        Method("LwF", "lwf", p["lwf"]),
+        Method("A-GEM (100/class)", "agem", p["agem"]),
+        Method("ER (100/class)", "er", p["er"]),
+        Method("DGR", "dgr", p["dgr"]),
+        Method("BI-R", "bir", p["bir"]),
+        Method("iCaRL (100/class)", "icarl", {}, scenarios=("class",)),
+    )
+    return Table(
+        "nmi2022-split-mnist",
+        "NMI-2022 Table 2: split MNIST",
+        "split-mnist",
+        methods,
+        source="van de Ven, Tuytelaars & Tolias, Nat. Mach. Intell. 2022, Table 2",
+    )
+
+
+def _three_scenarios_split_mnist() -> Table:
+    p = {  # 3S-2019 (arXiv 1904.07734), mean (SEM) over 20 seeds; shared/PROTOCOL.md
+        "none": {"task": (87.2, None), "domain": (59.2, None), "class": (19.90, 0.02)},
+        "joint": {"task": (99.7, None), "domain": (98.4, None), "class": (97.9, None)},
+        "ewc": {"task": (98.64, 0.22), "domain": (63.95, 1.90), "class": (20.01, 0.06)},
+        "online-ewc": {"task": (99.1, None), "domain": (64.3, None), "class": (19.96, 0.07)},
+        "si": {"task": (99.1, None), "domain": (65.4, None), "class": (19.99, 0.06)},
+        "lwf": {"task": (99.6, None), "domain": (71.5, None), "class": (23.85, 0.44)},
+        "dgr": {"task": (99.50, 0.03), "domain": (95.72, 0.25), "class": (90.79, 0.41)},
+        "dgr-distill": {"task": (99.61, 0.02), "domain": (96.83, 0.20), "class": (91.79, 0.32)},
+        "icarl": {"class": (94.57, 0.11)},
+    }
+    three_s = {"protocol": "3s2019"}
+    methods = (
+        Method("None", "none", p["none"], class_il_active="seen"),
+        Method("Offline (joint)", "joint", p["joint"], class_il_active="seen"),
+        Method("EWC", "ewc", p["ewc"], lambda s: dict(three_s), class_il_active="seen"),
+        Method("Online EWC", "online-ewc", p["online-ewc"], lambda s: dict(three_s), class_il_active="seen"),
+        Method("SI", "si", p["si"], lambda s: dict(three_s), class_il_active="seen"),
+        Method("LwF", "lwf", p["lwf"], lambda s: dict(three_s), class_il_active="seen"),
+        Method("DGR", "dgr", p["dgr"], class_il_active="seen"),
+        Method("DGR+distill", "dgr-distill", p["dgr-distill"], class_il_active="seen"),
+        Method(
+            "iCaRL (total budget 2000)",
+            "icarl",
+            p["icarl"],
+            lambda s: {"total_budget": 2000},
+            scenarios=("class",),
+            class_il_active="seen",
+        ),
+    )
+    return Table(
+        "3s2019-split-mnist",
+        "3S-2019: split MNIST",
+        "split-mnist",
+        methods,
+        source="van de Ven & Tolias, arXiv 1904.07734 (2019), split MNIST table",
+    )
+
+
+def _nmi_permuted_mnist() -> Table:
+    methods = (
+        Method("None", "none"),
+        Method("Joint", "joint"),
+        Method("EWC", "ewc"),
+        Method("SI", "si"),
+        Method("LwF", "lwf"),
+        Method("A-GEM (10/class)", "agem", options=lambda s: {"budget": 10}),
+        Method("ER (10/class)", "er", options=lambda s: {"budget": 10}),
+    )
+    return Table(
+        "nmi2022-perm-mnist",
+        "NMI-2022: permuted MNIST (settings of shared/PROTOCOL.md)",
+        "perm-mnist",
+        methods,
+        seeds=5,
+        first_seed=2,
+        source="van de Ven, Tuytelaars & Tolias 2022, permuted MNIST protocol (no numbers transcribed)",
+    )
+
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (_nmi_split_mnist(), _three_scenarios_split_mnist(), _nmi_permuted_mnist())
+}
+
+
+def tolerance(published_sem: float | None, seeds: int) -> float:
+    """Allowed difference from the published mean: max(2 points, 3 SEM x sqrt(20 / seeds))."""
+    if published_sem is None:
+        return 2.0
+    return max(2.0, 3.0 * published_sem * math.sqrt(20.0 / seeds))
+
+
+def _cell_file(out_dir: Path, method: Method, scenario: str) -> Path:
+    return out_dir / "runs" / f"{method.strategy}_{method.label.split(' ')[0].lower()}_{scenario}.json"
+
+
+def run_table(
+    table: Table,
+    out_dir: str | os.PathLike,
+    seeds: int | None = None,
+    first_seed: int | None = None,
+    iters: int | None = None,
+    methods: list[str] | None = None,
+    scenarios: list[str] | None = None,
+    data_dir: str | None = None,
+    quiet: bool = False,
+    run_fn: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Run the missing cells of ``table`` into ``out_dir``, then write its summaries."""
+    from cljax.engine import run
+    from cljax.strategies import REGISTRY
+
+    run_fn = run_fn or run
+    seeds = seeds or table.seeds
+    first_seed = table.first_seed if first_seed is None else first_seed
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    wanted = [m for m in table.methods if methods is None or m.strategy in methods]
+    unknown = sorted(set(methods or ()) - {m.strategy for m in table.methods})
+    if unknown:
+        raise ConfigError(
+            f"methods: {table.name} has no method {unknown[0]!r}; it has: "
+            f"{', '.join(m.strategy for m in table.methods)}"
+        )
+    cells = []
+    for method in wanted:
+        if method.strategy not in REGISTRY:
+            if not quiet:
+                print(f"skipped {method.label}: strategy {method.strategy!r} is not available")
+            continue
+        for scenario in method.scenarios:
+            if scenarios is not None and scenario not in scenarios:
+                continue
+            config = RunConfig(
+                benchmark=table.benchmark,
+                scenario=scenario,
+                strategy=method.strategy,
+                seeds=seeds,
+                first_seed=first_seed,
+                iters=iters,
+                class_il_active=method.class_il_active,
+                data_dir=data_dir,
+                options=method.options(scenario),
+            )
+            cells.append((method, scenario, config))
+    for config in (c for _, _, c in cells):
+        config.resolved()  # every cell's config is checked before the first one runs
+    started = time.perf_counter()
+    for method, scenario, config in cells:
+        path = _cell_file(out, method, scenario)
+        if path.exists():
+            continue
+        result = run_fn(config, quiet=quiet)
+        result.save(path)
+        if not quiet:
+            print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} {result.mean:6.2f} +- {result.sem:.2f}")
+    return write_summaries(table, out, wall_seconds=time.perf_counter() - started)
+
+
+def collect(table: Table, out: Path) -> list[dict[str, Any]]:
+    """One record per finished cell: measured and published values and whether they agree."""
+    records = []
+    for method in table.methods:
+        for scenario in method.scenarios:
+            path = _cell_file(out, method, scenario)
+            if not path.exists():
+                continue
+            result = json.loads(path.read_text())
+            n = len(result["seeds"])
+            pub_mean, pub_sem = method.published.get(scenario, (None, None))
+            diff = None if pub_mean is None else result["mean"] - pub_mean
+            records.append(
+                {
+                    "method": method.label,
+                    "strategy": method.strategy,
+                    "scenario": scenario,
+                    "seeds": n,
+                    "mean": result["mean"],
+                    "sem": result["sem"],
+                    "published_mean": pub_mean,
+                    "published_sem": pub_sem,
+                    "difference": diff,
+                    "tolerance": None if pub_mean is None else tolerance(pub_sem, n),
+                    "flagged": diff is not None and abs(diff) > tolerance(pub_sem, n),
+                    "train_seconds": result["train_seconds"],
+                    "acc_matrix": result["acc_matrix"],
+                }
+            )
+    return records
+
+
+def markdown(table: Table, records: list[dict[str, Any]]) -> str:
+    """The table as markdown: measured mean +- SEM, the published value and the difference per cell."""
+    by_cell = {(r["method"], r["scenario"]): r for r in records}
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in records)]
+    lines = [
+        f"## {table.title}",
+        "",
+        f"Published values: {table.source}. Cells marked ⚠ differ from the published "
+        "mean by more than max(2, 3 SEM x sqrt(20 / seeds)).",
+        "",
+    ]
+    lines.append("| method | " + " | ".join(SCENARIO_NAMES[s] for s in scenarios) + " |")
+    lines.append("| --- |" + " --- |" * len(scenarios))
+    for method in table.methods:
+        cells = []
+        for s in scenarios:
+            r = by_cell.get((method.label, s))
+            if r is None:
+                cells.append("-")
+                continue
+            text = f"{r['mean']:.2f} ± {r['sem']:.2f}"
+            if r["published_mean"] is not None:
+                text += f" (pub. {r['published_mean']:.2f}, {r['difference']:+.2f})"
+                if r["flagged"]:
+                    text += " ⚠"
+            cells.append(text)
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
+    compared = [r for r in records if r["published_mean"] is not None]
+    if compared:
+        ok = sum(not r["flagged"] for r in compared)
+        lines += ["", f"{ok} of {len(compared)} cells with a published value are within tolerance."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) -> dict[str, Any]:
+    """table.md, table.csv, table.json and (with matplotlib) two figures in ``out``."""
+    from cljax.engine import environment
+
+    records = collect(table, out)
+    (out / "table.md").write_text(markdown(table, records))
+    fields = [
+        "method",
+        "strategy",
+        "scenario",
+        "seeds",
+        "mean",
+        "sem",
+        "published_mean",
+        "published_sem",
+        "difference",
+        "tolerance",
+        "flagged",
+        "train_seconds",
+    ]
+    with open(out / "table.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    summary = {
+        "table": table.name,
+        "title": table.title,
+        "source": table.source,
+        "environment": environment(),
+        "wall_seconds_this_invocation": wall_seconds,
+        "cells": [{k: v for k, v in r.items() if k != "acc_matrix"} for r in records],
+    }
+    write_json(out / "table.json", summary)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return summary
+    _figures(table, records, out)
+    return summary
+
+
+def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cljax.metrics import average_accuracy_curve
+
+    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in records)]
+    labels = [m.label for m in table.methods if any(r["method"] == m.label for r in records)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) * len(scenarios) / 2), 4))
+    width = 0.8 / max(1, len(scenarios))
+    for k, s in enumerate(scenarios):
+        rows = {r["method"]: r for r in records if r["scenario"] == s}
+        x = np.arange(len(labels)) + k * width
+        means = [rows[m]["mean"] if m in rows else np.nan for m in labels]
+        sems = [rows[m]["sem"] if m in rows else 0 for m in labels]
+        ax.bar(x, means, width, yerr=sems, label=SCENARIO_NAMES[s])
+        pubs = [
+            rows[m]["published_mean"] if m in rows and rows[m]["published_mean"] is not None else np.nan
+            for m in labels
+        ]
+        ax.scatter(x, pubs, marker="_", s=200, color="black", zorder=3, label="published" if k == 0 else None)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(scenarios) - 1) / 2, labels, rotation=30, ha="right")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(table.title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.savefig(out / "final_accuracy.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.5 * len(scenarios), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], scenarios, strict=True):
+        for r in (r for r in records if r["scenario"] == s):
+            curve = np.mean([average_accuracy_curve(np.asarray(a)) for a in r["acc_matrix"]], axis=0)
+            ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", label=r["method"])
+        ax.set_title(SCENARIO_NAMES[s], fontsize=10)
+        ax.set_xlabel("contexts trained")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("average accuracy so far (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.savefig(out / "average_accuracy.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)

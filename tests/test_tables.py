@@ -1,0 +1,88 @@
+"""The table machinery end to end on a tiny configuration, and the tolerance rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cljax.cli import main
+from cljax.tables import TABLES, Method, Table, run_table, tolerance
+from tests.conftest import SHARED_DATA
+
+
+def test_tolerance_rule():
+    assert tolerance(None, 20) == 2.0
+    assert tolerance(0.02, 20) == 2.0
+    assert tolerance(3.64, 20) == pytest.approx(3 * 3.64)
+    assert tolerance(1.0, 5) == pytest.approx(3 * 2.0)  # SEM part widened by sqrt(20 / 5)
+
+
+def test_tables_name_published_values():
+    nmi = TABLES["nmi2022-split-mnist"]
+    none = next(m for m in nmi.methods if m.strategy == "none")
+    assert none.published["class"] == (19.89, 0.02)
+    assert nmi.seeds == 20 and nmi.first_seed == 2
+
+
+def test_tiny_table_end_to_end(tiny_data, tmp_path):
+    import cljax
+
+    table = Table(
+        "tiny",
+        "tiny table",
+        "split-mnist",
+        (
+            Method("None", "none", {"task": (90.0, 1.0), "class": (19.9, 0.02)}),
+            Method("Joint", "joint", {"class": (98.0, None)}, scenarios=("class",)),
+        ),
+        seeds=2,
+        first_seed=0,
+    )
+
+    def run_fn(config, quiet):
+        return cljax.run(config, quiet=quiet, dataset=tiny_data)
+
+    summary = run_table(table, tmp_path, iters=5, run_fn=run_fn, quiet=True)
+    assert {(c["strategy"], c["scenario"]) for c in summary["cells"]} == {
+        ("none", "task"),
+        ("none", "domain"),
+        ("none", "class"),
+        ("joint", "class"),
+    }
+    md = (tmp_path / "table.md").read_text()
+    assert "| None |" in md and "pub. 19.90" in md
+    assert (tmp_path / "table.csv").read_text().count("\n") == 5
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["environment"]["jax"]
+    none_class = next(c for c in saved["cells"] if c["strategy"] == "none" and c["scenario"] == "class")
+    assert none_class["flagged"] == (abs(none_class["mean"] - 19.9) > 2.0)
+    # A second invocation reuses the finished cells instead of running them again.
+    calls = []
+    run_table(table, tmp_path, iters=5, run_fn=lambda c, quiet: calls.append(c), quiet=True)
+    assert calls == []
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST not available")
+def test_table_command(tmp_path, capsys):
+    argv = [
+        "table",
+        "nmi2022-split-mnist",
+        "--out-dir",
+        str(tmp_path),
+        "--seeds",
+        "2",
+        "--iters",
+        "10",
+        "--methods",
+        "none",
+        "--scenarios",
+        "class",
+        "--data-dir",
+        str(SHARED_DATA),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "NMI-2022 Table 2" in out and "pub. 19.89" in out
+    assert main(["table", "nope", "--out-dir", str(tmp_path)]) == 2
