@@ -1,10 +1,11 @@
-"""Rebuild the nmi2022-perm-mnist table: every method and scenario, with the published value beside each cell.
+"""Rebuild the nmi2022-perm-mnist table: every method and scenario beside the published values.
 
     python examples/nmi2022_perm_mnist.py                       # the paper's seeds, full length
     python examples/nmi2022_perm_mnist.py --seeds 5 --data-dir ../shared/data
 
-Finished cells are kept in examples/results/nmi2022_perm_mnist/runs/, so an interrupted table continues where it
-stopped. Writes table.md, table.csv, table.json, final_accuracy.png and average_accuracy.png there.
+Finished cells are kept in examples/results/nmi2022_perm_mnist/runs/,
+so an interrupted table continues where it stopped. Writes table.md, table.csv, table.json,
+final_accuracy.png and average_accuracy.png there.
 """
 
 import sys
