@@ -1,0 +1,210 @@
+"""The benchmark harness and the PyTorch reference, on tiny configs (the reference's tests need torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import run as bench
+
+TINY = dict(iters=100, batch_size=32, lr=0.003)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch, on one thread: tiny steps gain nothing from more, and lose a lot on a busy machine."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)
+
+
+def reference_run(tiny_data, strategy: str, scenario: str = "class", iters: int = 3, **hyper):
+    from benchmarks.torch_reference import Hyper, TorchConfig, run
+
+    config = TorchConfig(
+        strategy=strategy, scenario=scenario, iters=iters, device="cpu", hyper=Hyper(**hyper)
+    )
+    return run(config, tiny_data)
+
+
+# ------------------------------------------------------------------------------------- torch reference
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+@pytest.mark.parametrize("strategy", ["none", "er", "lwf", "dgr"])
+def test_every_strategy_runs_in_every_scenario(torch, tiny_data, strategy, scenario):
+    result = reference_run(tiny_data, strategy, scenario, iters=2, batch_size=8, replay_batch=8)
+    acc = np.asarray(result.acc_matrix)
+    assert acc.shape == (5, 5)
+    assert ((acc >= 0) & (acc <= 100)).all()
+    assert np.isfinite(result.context_loss).all()
+    assert result.final_avg_acc == pytest.approx(acc[-1].mean())
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(torch, tiny_data):
+    return np.asarray(reference_run(tiny_data, "none", **TINY).acc_matrix)
+
+
+def test_fine_tuning_forgets_and_replay_remembers(torch, tiny_data, fine_tuned):
+    assert np.diag(fine_tuned).min() > 90  # each context is learned...
+    assert fine_tuned[-1, :-1].max() < 10  # ...and forgotten in Class-IL
+    er = np.asarray(reference_run(tiny_data, "er", **TINY).acc_matrix)
+    assert er[-1].mean() > fine_tuned[-1].mean() + 40
+
+
+def test_task_il_masks_make_fine_tuning_forget_less(torch, tiny_data, fine_tuned):
+    task = reference_run(tiny_data, "none", "task", **TINY)
+    assert task.final_avg_acc > fine_tuned[-1].mean() + 20
+
+
+def test_distillation_pads_unseen_classes_with_zero(torch):
+    from benchmarks.torch_reference.strategies import distillation
+
+    student, teacher = torch.randn(4, 10), torch.randn(4, 6)
+    padded = torch.cat([torch.softmax(teacher / 2, 1), torch.zeros(4, 4)], 1)
+    expected = -(padded * torch.log_softmax(student / 2, 1)).sum(1).mean()
+    assert distillation(student, teacher, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_split_matches_cljax_stream(torch, tiny_data):
+    """The same samples in each context and the same targets as cljax's split-MNIST stream."""
+    from benchmarks.torch_reference import SplitMNIST
+    from cljax.presets import BENCHMARKS
+    from cljax.scenarios import make_stream
+
+    for scenario, seed in (("class", 0), ("domain", 3)):
+        ours = SplitMNIST.build(tiny_data, scenario, seed, torch.device("cpu"))
+        stream = make_stream(BENCHMARKS["split-mnist"], scenario, tiny_data.train_y, tiny_data.test_y, seed)
+        for c in range(5):
+            rows = np.array(stream.train_idx[c][: int(stream.train_n[c])])
+            np.testing.assert_array_equal(np.sort(rows), np.sort(ours.train_rows[c].numpy()))
+            targets = np.asarray(stream.label_map[c])[tiny_data.train_y[rows]]
+            np.testing.assert_array_equal(targets, ours.train_y[torch.from_numpy(rows)].numpy())
+
+
+def test_flop_count_matches_torch_flop_counter(torch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.torch_reference.models import mlp
+
+    model = mlp(10)
+    x, y = torch.rand(bench.BATCH_SIZE, 784), torch.randint(10, (bench.BATCH_SIZE,))
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert counter.get_total_flops() == bench.mlp_step_flops(bench.BATCH_SIZE, 10) == 286_515_200
+
+
+def test_compiled_mode_is_accepted(torch):
+    from benchmarks.torch_reference import Hyper, TorchConfig
+
+    TorchConfig(strategy="dgr", hyper=Hyper(compile=True)).check()
+    with pytest.raises(ValueError, match="unknown strategy 'ewc'; choose one of: none, er, lwf, dgr"):
+        TorchConfig(strategy="ewc").check()
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+
+@pytest.fixture
+def npz(tmp_path, tiny_data):
+    path = tmp_path / "data.npz"
+    np.savez(
+        path,
+        train_x=tiny_data.train_x,
+        train_y=tiny_data.train_y,
+        test_x=tiny_data.test_x,
+        test_y=tiny_data.test_y,
+    )
+    return str(path)
+
+
+def spec(kind: str, data: str, **extra) -> dict:
+    base = {"kind": kind, "strategy": "none", "scenario": "class", "iters": 2, "seeds": 1, "data": data}
+    return {**base, "threads": 1, "device": "cpu", "precision": "tf32", **extra}
+
+
+@pytest.fixture
+def keep_affinity():
+    """The in-process worker pins this process to one CPU: give it back its CPUs afterwards."""
+    cpus = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cpus)
+
+
+def test_workers_report_every_metric(torch, npz, tmp_path, keep_affinity):
+    for kind, extra in (("torch", {"compile": False}), ("cljax", {"seeds": 2})):
+        out = tmp_path / f"{kind}.json"
+        bench.worker_main(json.dumps(spec(kind, npz, **extra)), str(out))
+        result = json.loads(out.read_text())
+        for metric in set(bench.METRICS) - {"process_seconds"}:
+            assert isinstance(result[metric], float) and result[metric] >= 0, (kind, metric)
+        if kind == "cljax":
+            assert result["seed_iterations_per_second"] == pytest.approx(2 * result["iterations_per_second"])
+
+
+def test_measure_runs_a_fresh_pinned_process(torch):
+    env = bench.worker_env(1, "cpu")
+    assert env["OMP_NUM_THREADS"] == "1" and "--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]
+    task = {"kind": "matmul", "framework": "torch", "size": 64, "reps": 2, "threads": 1}
+    result = bench.measure({**task, "device": "cpu", "precision": "fp32"}, env, timeout=120)
+    assert "error" not in result, result
+    assert len(result["cpus"]) == 1 and result["gflops"] > 0 and result["process_seconds"] > 0
+
+
+def test_plan_skips_strategies_missing_from_the_registry(monkeypatch):
+    import cljax.strategies
+
+    monkeypatch.setattr(cljax.strategies, "REGISTRY", {"none": None, "er": None})
+    args = bench.parse_args(["--strategies", "none,lwf", "--seeds", "5,20", "--torch-compile", "none"])
+    specs, skipped = bench.plan(args)
+    labels = [(s["strategy"], bench.label(s)) for s in specs]
+    assert ("none", "cljax") in labels and ("none", "cljax x5") in labels and ("none", "cljax x20") in labels
+    assert ("lwf", "cljax") not in labels
+    assert any(s.startswith("cljax lwf: not in the cljax registry") for s in skipped)
+    if bench._has_torch():
+        assert ("lwf", "torch") in labels and ("none", "torch.compile") in labels
+        assert ("lwf", "torch.compile") not in labels
+
+
+def test_summary_and_markdown():
+    def row(impl: str, seeds: int, rate: float, repeat: int) -> dict:
+        metrics = dict.fromkeys(bench.METRICS, 1.0)
+        metrics.update(iterations_per_second=rate, seed_iterations_per_second=seeds * rate, wall_seconds=10.0)
+        return {"strategy": "none", "impl": impl, "seeds": seeds, "repeat": repeat, **metrics}
+
+    rows = [row("cljax", 1, r, i) for i, r in enumerate((100.0, 300.0, 200.0))]
+    rows += [row("cljax x5", 5, 150.0, 0), row("torch", 1, 50.0, 0), {"strategy": "none", "error": "x"}]
+    summary = bench.median_summary(rows)
+    cljax = next(e for e in summary if e["impl"] == "cljax")
+    assert cljax["iterations_per_second"] == 200.0 and cljax["n"] == 3
+    settings = {"scenario": "class", "threads": 2, "iters": 5, "precision": "fp32", "repeats": 3}
+    report = {
+        "machine": "cpu-test",
+        "created": "now",
+        "host": {"description": "test"},
+        "versions": {"jax": "0"},
+        "settings": {**settings, "device": "cpu", "seeds": [5], "strategies": ["none"]},
+        "summary": summary,
+        "flops": {"n_out": 10, "step_flops": bench.mlp_step_flops()},
+        "matmul": {"size": 64, "jax": {"gflops": 100.0}},
+        "skipped": ["lwf"],
+        "errors": [],
+    }
+    text = bench.markdown(report)
+    assert "| none | 4.00x | 1.00x | 5.00x |" in text  # it/s 200/50; wall 10/10; 5 x 10 s / 10 s
+    assert "| cljax | 57.3 | 57.3 | - |" in text  # 286.5 MFLOP x 200 it/s against 100 GFLOP/s
+    assert "- skipped: lwf" in text
+
+
+def test_machine_slug_and_flops():
+    assert bench.machine_slug("cpu", 2).startswith("cpu-") and "-2t-" in bench.machine_slug("cpu", 2)
+    assert bench.slug("NVIDIA H200 (SXM)") == "nvidia-h200-sxm"
+    # forward 2B(784*400 + 400*400 + 400*10); weight gradients as much; input gradients of layers 2 and 3
+    assert bench.mlp_step_flops(128, 10) == 2 * 128 * (2 * 477_600 + 164_000)
+    assert bench.mlp_step_flops(128, 2) < bench.mlp_step_flops(128, 10)
