@@ -45,19 +45,21 @@ def agem(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     budget = resolve_budget(setup.info, options or {})
 
     def step(state: ReplayState, images, stream, context, key):
-        batch, w_current, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+        current, replay, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+        n = setup.batch_size
+        batches = jax.tree.map(lambda a, b: jnp.stack([a, b]), current, replay)
+        weights = jnp.stack([jnp.full((n,), 1.0 / n), w_replay])
 
-        def losses(params):
+        def loss_fn(params, batch, w):
             logits = setup.model.apply(params, batch.x)
-            per_sample = per_sample_cross_entropy(logits, batch.y, batch.mask)
-            return jnp.stack([jnp.sum(w_current * per_sample), jnp.sum(w_replay * per_sample)])
+            return jnp.sum(w * per_sample_cross_entropy(logits, batch.y, batch.mask))
 
-        # One forward pass, two backward passes (vmapped): the current and the reference gradient.
-        values, pullback = jax.vjp(losses, state.params)
-        (both,) = jax.vmap(pullback)(jnp.eye(2, dtype=values.dtype))
+        # The current and the reference gradient side by side: one batched forward and backward pass.
+        losses, both = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0, 0))(
+            state.params, batches, weights
+        )
         grads = agem_project(jax.tree.map(lambda g: g[0], both), jax.tree.map(lambda g: g[1], both))
-        loss = values[0]
-        return apply_gradients(setup, state, grads), {"loss": loss}
+        return apply_gradients(setup, state, grads), {"loss": losses[0]}
 
     return class_memory_strategy(setup, budget, step)
 

@@ -21,6 +21,7 @@ from cljax.strategies.memory_replay import (
     BUDGET_OPTIONS,
     ReplayState,
     class_memory_strategy,
+    concat,
     current_and_replay,
     per_sample_cross_entropy,
     resolve_budget,
@@ -36,9 +37,11 @@ def er(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     budget = resolve_budget(setup.info, options or {})
 
     def step(state: ReplayState, images, stream, context, key):
-        batch, w_current, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+        current, replay, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
+        batch = concat(current, replay)  # one forward pass for both
         rnt = replay_weight(context)
-        weights = rnt * w_current + (1.0 - rnt) * w_replay
+        n = setup.batch_size
+        weights = jnp.concatenate([jnp.full((n,), rnt / n), (1.0 - rnt) * w_replay])
 
         def loss_fn(params):
             logits = setup.model.apply(params, batch.x)

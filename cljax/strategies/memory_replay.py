@@ -188,20 +188,18 @@ def per_sample_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Arr
 
 def current_and_replay(
     setup: Setup, buffer: BufferState, images: Images, stream: Stream, context: jax.Array, key: jax.Array
-) -> tuple[Batch, jax.Array, jax.Array]:
-    """A current batch and a replay batch of the same size as one batch (2B), for one forward pass.
+) -> tuple[Batch, Batch, jax.Array]:
+    """A current batch, a replay batch of the same size and the replay samples' weights.
 
-    Returns the batch and the weights of its current part and of its replay part (each (2B,), zero on
-    the other part, each summing to 1 over its part, the replay part to 0 while the buffer is empty).
-    Task-IL replays every earlier context equally (see :func:`replay_draw`).
+    The weights sum to 1 over the replay batch (to 0 while the buffer is empty); Task-IL replays every
+    earlier context equally (see :func:`replay_draw`).
     """
     info, n = setup.info, setup.batch_size
     k_cur, k_rep = jax.random.split(key)
     ctx, slot = draw_current(stream, context, k_cur, n)
-    draw, w_rep = replay_draw(info, buffer, context, k_rep, n, per_context=info.task_il)
-    batch = concat(gather(info, images, stream, ctx, slot), replay_batch(info, images, stream, draw, context))
-    zeros = jnp.zeros((n,), jnp.float32)
-    return batch, jnp.concatenate([jnp.full((n,), 1.0 / n), zeros]), jnp.concatenate([zeros, w_rep])
+    draw, w_replay = replay_draw(info, buffer, context, k_rep, n, per_context=info.task_il)
+    current = gather(info, images, stream, ctx, slot)
+    return current, replay_batch(info, images, stream, draw, context), w_replay
 
 
 def class_memory_strategy(setup: Setup, budget: Budget, step) -> Strategy:
