@@ -200,8 +200,12 @@ class MLPDiscriminator(nn.Module):
 
 
 def reconstruction_loss(recon_logits: jax.Array, x: jax.Array) -> jax.Array:
-    """Binary cross-entropy per sample, averaged over pixels (the reference's ``average=True``)."""
-    bce = optax.sigmoid_binary_cross_entropy(recon_logits, x)
+    """Binary cross-entropy per sample, averaged over pixels (the reference's ``average=True``).
+
+    Written as max(l, 0) - x l + log(1 + exp(-|l|)): the same value as BCE(sigmoid(l), x), but one exp and one
+    log per pixel (several times faster on a CPU than a log-sigmoid of l and of -l).
+    """
+    bce = jnp.maximum(recon_logits, 0) - x * recon_logits + jnp.log1p(jnp.exp(-jnp.abs(recon_logits)))
     return bce.reshape(bce.shape[0], -1).mean(axis=1)
 
 
