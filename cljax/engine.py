@@ -1,7 +1,7 @@
 """The one training loop: compile once, scan each context, evaluate, repeat, with seeds side by side.
 
 Each context's training is a single XLA program: ``lax.scan`` over ``strategy.step`` followed by
-``strategy.end_context``, vmapped over seeds. Programs are compiled ahead of time, once per run, and the
+``strategy.end_context``, mapped over seeds. Programs are compiled ahead of time, once per run, and the
 context index is an argument, so every context and every seed reuses the same executable.
 """
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax.batching import gather
 from cljax.checkpoint import Checkpoints
+from cljax.compilation import compile_all, over_seeds
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.images import grid, write_png
@@ -98,16 +99,17 @@ class Experiment:
     seeds: list[int]
 
     def programs(self) -> dict[str, Callable]:
-        """The vmapped, not yet compiled, programs of this run."""
-        strategy, info, iters = self.strategy, self.info, self.setup.iters
+        """The programs of this run over all seeds (leading axis), not yet compiled."""
+        strategy, info, iters, n = self.strategy, self.info, self.setup.iters, len(self.seeds)
         return {
-            "init": jax.vmap(strategy.init, in_axes=(0, None, 0)),
-            "train": jax.vmap(
+            "init": over_seeds(strategy.init, (0, None, 0), n),
+            "train": over_seeds(
                 lambda s, im, st, c, k: train_context(strategy, iters, s, im, st, c, k),
-                in_axes=(0, None, 0, None, 0),
+                (0, None, 0, None, 0),
+                n,
             ),
-            "evaluate": jax.vmap(
-                lambda s, im, st, c: evaluate(strategy, info, s, im, st, c), in_axes=(0, None, 0, None)
+            "evaluate": over_seeds(
+                lambda s, im, st, c: evaluate(strategy, info, s, im, st, c), (0, None, 0, None), n
             ),
         }
 
@@ -214,15 +216,20 @@ def execute(
 
     progs = exp.programs()
     t0 = time.perf_counter()
-    init = jax.jit(progs["init"]).lower(init_keys, exp.images, exp.streams).compile()
-    states = init(init_keys, exp.images, exp.streams)
+    init_jit = jax.jit(progs["init"])
+    state_shapes = jax.eval_shape(init_jit, init_keys, exp.images, exp.streams)
     c0 = jnp.asarray(0, jnp.int32)
-    train = jax.jit(progs["train"], donate_argnums=0).lower(
-        states, exp.images, exp.streams, c0, context_keys(0)
+    init, train, evaluate_all = compile_all(
+        [
+            init_jit.lower(init_keys, exp.images, exp.streams),
+            jax.jit(progs["train"], donate_argnums=0).lower(
+                state_shapes, exp.images, exp.streams, c0, context_keys(0)
+            ),
+            jax.jit(progs["evaluate"]).lower(state_shapes, exp.images, exp.streams, c0),
+        ]
     )
-    train = train.compile()
-    evaluate_all = jax.jit(progs["evaluate"]).lower(states, exp.images, exp.streams, c0).compile()
     compile_seconds = time.perf_counter() - t0
+    states = init(init_keys, exp.images, exp.streams)
 
     progress = {
         "initial": np.asarray(evaluate_all(states, exp.images, exp.streams, c0)).tolist(),

@@ -13,6 +13,9 @@ every earlier context's output units (arg-max over that context's units) and ave
 contexts; Domain-IL uses all units; Class-IL takes the arg-max over the units active in the previous context
 (all units for NMI-2022's ``all``, the classes seen so far for ``seen``) and trains over the current units.
 
+Option ``generator``: "vae" (the reference's, default) or "gan" (an MLP GAN with the non-saturating loss;
+Shin et al. 2017 used WGAN-GP, see :func:`cljax.models.generators.gan_generator`).
+
 Sampling z, generating, labelling, the classifier update and the generator update are one compiled step. In
 the first context there is nothing to replay, so a ``lax.cond`` on the (unbatched) context index skips that
 half of the work; both branches live in the same program, compiled once for every context.
