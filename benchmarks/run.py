@@ -325,7 +325,12 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
         if args.cljax and strategy not in REGISTRY:
             skipped.append(f"cljax {strategy}: not in the cljax registry (has: {', '.join(REGISTRY)})")
         elif args.cljax:
-            for seeds in [1, *args.seeds]:
+            multi = (
+                args.seeds
+                if args.multi_seed_strategies is None or strategy in args.multi_seed_strategies
+                else []
+            )
+            for seeds in [1, *multi]:
                 specs.append({"kind": "cljax", "strategy": strategy, "seeds": seeds, **base})
         if torch_ok and strategy not in TORCH_STRATEGIES:
             skipped.append(
@@ -518,6 +523,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs of each measurement")
     parser.add_argument(
         "--seeds", type=ints, default=[5], help="cljax seed counts in one program besides 1 (e.g. 5,20)"
+    )
+    parser.add_argument(
+        "--multi-seed-strategies",
+        type=names,
+        default=None,
+        help="measure the --seeds programs only for these strategies (default: all)",
     )
     parser.add_argument(
         "--torch-compile",
