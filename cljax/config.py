@@ -47,6 +47,11 @@ class RunConfig:
         bench = BENCHMARKS[self.benchmark]
         spec = get_strategy(self.strategy)
         options = {**spec.defaults(self.scenario), **dict(self.options)}
+        if spec.resolve is not None:
+            try:
+                options = spec.resolve(options, self.benchmark, self.scenario)
+            except ValueError as err:
+                raise ConfigError(f"options: {err}") from err
         return dataclasses.replace(
             self,
             iters=self.iters if self.iters is not None else bench.iters,

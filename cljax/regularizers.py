@@ -8,7 +8,7 @@ value is never mistaken for a default, even when it is numerically equal.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -49,6 +49,22 @@ def resolve_protocol(
         if current is None or isinstance(current, (Published, PublishedStr)):
             out[name] = value
     return out
+
+
+def protocol_resolver(
+    table: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> Callable[[dict[str, Any], str, str], dict[str, Any]]:
+    """A ``StrategySpec.resolve``: the options with ``protocol``'s published values, as plain values."""
+
+    def resolve(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
+        del benchmark
+        out = resolve_protocol(options, table, scenario)
+        return {
+            k: float(v) if isinstance(v, Published) else str(v) if isinstance(v, PublishedStr) else v
+            for k, v in out.items()
+        }
+
+    return resolve
 
 
 def check_range(

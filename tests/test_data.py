@@ -370,6 +370,15 @@ def test_download_unreachable(isolated, monkeypatch):
     message = str(err.value)
     assert f"{url}train-images-idx3-ubyte.gz" in message and "download" in message
     assert not any(p.name.endswith(".part") for p in (isolated / "cache").rglob("*"))
+    assert not (isolated / "cache" / "mnist").exists()  # no empty folder left behind
+
+
+def test_attempts_are_listed_in_search_order(isolated, monkeypatch):
+    monkeypatch.delenv("CLJAX_DATA_DIR", raising=False)
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("mnist", data_dir=isolated / "nowhere", download=False)
+    labels = [a.split(":")[0] for a in err.value.attempts]
+    assert labels[:4] == ["data_dir", "data_dir (as the dataset folder)", "$CLJAX_DATA_DIR", "cache_dir()"]
 
 
 def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:

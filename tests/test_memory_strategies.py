@@ -176,3 +176,13 @@ def test_icarl_needs_a_feature_layer(tiny_data):
     config = cljax.RunConfig(strategy="icarl", scenario="class", model="cnn")
     with pytest.raises(ValueError, match="features"):
         cljax.prepare(config, dataset=tiny_data)
+
+
+def test_resolved_config_records_the_budget():
+    from cljax import RunConfig
+
+    assert RunConfig(strategy="er").resolved().options["budget"] == 100
+    perm = RunConfig(benchmark="perm-mnist", strategy="agem", scenario="domain")
+    assert perm.resolved().options["budget"] == 10
+    assert RunConfig(strategy="icarl").resolved().options["total_budget"] == 2000
+    assert RunConfig(strategy="er", options={"total_budget": 500}).resolved().options["budget"] is None

@@ -465,3 +465,17 @@ def test_penalty_is_the_only_difference_from_fine_tuning_and_holds_parameters():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), none, unregularised)
     for name, options in (("ewc", {"lambda": 1e4}), ("si", {"c": 1e3})):
         assert drift(train(name, options)) < 0.2 * drift(none), name
+
+
+@pytest.mark.parametrize("strategy", ["ewc", "si", "lwf"])
+@pytest.mark.parametrize("protocol", ["nmi2022", "3s2019"])
+def test_resolved_config_records_the_protocols_values(strategy, protocol):
+    from cljax.strategies.ewc import EWC_PUBLISHED
+    from cljax.strategies.lwf import LWF_PUBLISHED
+    from cljax.strategies.si import SI_PUBLISHED
+
+    table = {"ewc": EWC_PUBLISHED, "si": SI_PUBLISHED, "lwf": LWF_PUBLISHED}[strategy]
+    config = cljax.RunConfig(strategy=strategy, scenario="domain", options={"protocol": protocol})
+    options = config.resolved().options
+    for name, value in table[protocol]["domain"].items():
+        assert options[name] == value and type(options[name]) in (float, int, str, bool)

@@ -187,12 +187,19 @@ def download_dataset(name: str, root: Path) -> Path:
     """Download ``name`` into the data root ``root`` (official layout) and return its folder."""
     root = Path(root)
     folder = LAYOUTS[name].folder
-    if name not in ARCHIVES:
-        for filename in CHECKSUMS[name]:
-            fetch(name, filename, root / folder)
-        return root / folder
-    (filename,) = CHECKSUMS[name]
-    archive = fetch(name, filename, root)
-    dest = extract_tar(archive, root, folder)
-    archive.unlink()
-    return dest
+    created = [p for p in (root / folder, root) if not p.exists()]
+    try:
+        if name not in ARCHIVES:
+            for filename in CHECKSUMS[name]:
+                fetch(name, filename, root / folder)
+            return root / folder
+        (filename,) = CHECKSUMS[name]
+        archive = fetch(name, filename, root)
+        dest = extract_tar(archive, root, folder)
+        archive.unlink()
+        return dest
+    except BaseException:
+        for path in created:  # leave no empty folders behind a failed download
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise

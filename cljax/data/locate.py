@@ -117,9 +117,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     attempts: list[str] = []
     if data_dir is None:
         attempts.append("data_dir: not given")
-    if _env_path("CLJAX_DATA_DIR") is None:
-        attempts.append("$CLJAX_DATA_DIR: not set")
+    env_unset = _env_path("CLJAX_DATA_DIR") is None
     for label, folder in candidate_folders(name, data_dir):
+        if env_unset and not label.startswith("data_dir"):
+            attempts.append("$CLJAX_DATA_DIR: not set")  # listed where it is searched
+            env_unset = False
         why = _why_missing(name, folder)
         if why is None:
             return read_folder(name, folder)

@@ -19,6 +19,7 @@ from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.memory_replay import (
     BUDGET_OPTIONS,
     ReplayState,
+    budget_resolver,
     class_memory_strategy,
     current_and_replay,
     per_sample_cross_entropy,
@@ -70,5 +71,6 @@ SPECS = (
         agem,
         "A-GEM: project the gradient onto the stored samples' half-space, 100 per class (NMI-2022)",
         defaults=lambda scenario: dict(BUDGET_OPTIONS),
+        resolve=budget_resolver(),
     ),
 )

@@ -62,6 +62,8 @@ class StrategySpec:
     summary: str
     scenarios: tuple[str, ...] = SCENARIOS
     defaults: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
+    # (options, benchmark, scenario) -> the values the strategy will use, so results record them
+    resolve: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None
 
 
 class ClassifierState(flax.struct.PyTreeNode):

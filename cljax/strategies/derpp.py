@@ -23,6 +23,7 @@ from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.memory_replay import (
     BUDGET_OPTIONS,
     ReplayState,
+    budget_resolver,
     concat,
     draw_current,
     float_option,
@@ -97,5 +98,6 @@ SPECS = (
         derpp,
         "DER++: reservoir of samples and logits, CE + 0.5 MSE(logits) + 0.5 CE(memory) (Buzzega et al. 2020)",
         defaults=lambda scenario: {**BUDGET_OPTIONS, "alpha": ALPHA, "beta": BETA},
+        resolve=budget_resolver(),
     ),
 )

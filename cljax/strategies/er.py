@@ -20,6 +20,7 @@ from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.memory_replay import (
     BUDGET_OPTIONS,
     ReplayState,
+    budget_resolver,
     class_memory_strategy,
     concat,
     current_and_replay,
@@ -59,5 +60,6 @@ SPECS = (
         er,
         "experience replay, 100 random samples per class, loss (1/t) L_cur + (1-1/t) L_replay (NMI-2022)",
         defaults=lambda scenario: dict(BUDGET_OPTIONS),
+        resolve=budget_resolver(),
     ),
 )

@@ -42,6 +42,7 @@ from cljax.regularizers import (
     check_choice,
     check_range,
     merge_quadratic_penalties,
+    protocol_resolver,
     published,
     quadratic_penalty,
     resolve_protocol,
@@ -223,11 +224,13 @@ SPECS = (
         ewc,
         "EWC, one Fisher penalty per context (NMI-2022 lambda 1e5/1e10/1e9, exact Fisher)",
         defaults=ewc_defaults,
+        resolve=protocol_resolver(EWC_PUBLISHED),
     ),
     StrategySpec(
         "online-ewc",
         online_ewc,
         "online EWC, one running Fisher (3S-2019 lambda 1e8/1e8/1e9, gamma 0.8/0.7/0.8)",
         defaults=online_ewc_defaults,
+        resolve=protocol_resolver(ONLINE_EWC_PUBLISHED),
     ),
 )

@@ -23,6 +23,7 @@ from cljax.strategies.base import Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.memory_replay import (
     BUDGET_OPTIONS,
     ReplayState,
+    budget_resolver,
     check_features,
     context_candidates,
     draw_current,
@@ -136,5 +137,6 @@ SPECS = (
         "iCaRL: herding exemplars (total budget 2000), binary distillation T=2, nearest mean (3S-2019)",
         scenarios=("class",),
         defaults=lambda scenario: {**BUDGET_OPTIONS, "temperature": TEMPERATURE},
+        resolve=budget_resolver(TOTAL_BUDGET),
     ),
 )

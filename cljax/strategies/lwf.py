@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from cljax.batching import sample_context
 from cljax.losses import cross_entropy, distillation, kl_distillation, mask_logits
-from cljax.regularizers import check_choice, check_range, resolve_protocol
+from cljax.regularizers import check_choice, check_range, protocol_resolver, resolve_protocol
 from cljax.strategies.base import (
     ClassifierState,
     Setup,
@@ -154,5 +154,6 @@ SPECS = (
         lwf,
         "learning without forgetting, distillation from the previous model (NMI-2022 weighting, T = 2)",
         defaults=lwf_defaults,
+        resolve=protocol_resolver(LWF_PUBLISHED),
     ),
 )

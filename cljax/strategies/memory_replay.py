@@ -8,7 +8,7 @@ strategies compose these; none of it runs outside the compiled programs except t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,20 @@ def resolve_budget(
             f"class keeps a sample, got {total}"
         )
     return Budget(per_class, total)
+
+
+def budget_resolver(default_total: int | None = None) -> Callable[[dict[str, Any], str, str], dict[str, Any]]:
+    """A ``StrategySpec.resolve``: with no budget option set, the one :func:`resolve_budget` would use."""
+
+    def resolve(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
+        del scenario
+        if options.get("budget") is not None or options.get("total_budget") is not None:
+            return options
+        if default_total is not None:
+            return {**options, "total_budget": default_total}
+        return {**options, "budget": PUBLISHED_BUDGET.get(benchmark, DEFAULT_BUDGET)}
+
+    return resolve
 
 
 def n_groups(info: ScenarioInfo) -> int:

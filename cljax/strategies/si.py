@@ -27,7 +27,14 @@ import jax
 import jax.numpy as jnp
 
 from cljax.batching import sample_context
-from cljax.regularizers import check_choice, check_range, published, quadratic_penalty, resolve_protocol
+from cljax.regularizers import (
+    check_choice,
+    check_range,
+    protocol_resolver,
+    published,
+    quadratic_penalty,
+    resolve_protocol,
+)
 from cljax.strategies.base import (
     ClassifierState,
     Setup,
@@ -131,5 +138,6 @@ SPECS = (
         si,
         "synaptic intelligence, path-integral importance (NMI-2022 c 10/5e4/5e3, damping 0.1)",
         defaults=si_defaults,
+        resolve=protocol_resolver(SI_PUBLISHED),
     ),
 )
