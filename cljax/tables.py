@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -247,6 +248,9 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
                     "tolerance": None if pub_mean is None else tolerance(pub_sem, n),
                     "flagged": diff is not None and abs(diff) > tolerance(pub_sem, n),
                     "train_seconds": result["train_seconds"],
+                    "wall_seconds": result["config"].get("wall_seconds"),
+                    "seed_list": result["seeds"],
+                    "device_kind": result.get("environment", {}).get("device_kind"),
                     "acc_matrix": result["acc_matrix"],
                 }
             )
@@ -285,6 +289,15 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
     if compared:
         ok = sum(not r["flagged"] for r in compared)
         lines += ["", f"{ok} of {len(compared)} cells with a published value are within tolerance."]
+    if records:
+        seed_lists = sorted({tuple(r["seed_list"]) for r in records})
+        devices = sorted({str(r["device_kind"]) for r in records})
+        wall = sum(r["wall_seconds"] or 0.0 for r in records)
+        lines += [
+            "",
+            f"{len(records)} cells; seeds {' / '.join(', '.join(map(str, s)) for s in seed_lists)}; "
+            f"device {', '.join(devices)}; wall time of all cells {wall / 60:.1f} min.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +320,7 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
         "tolerance",
         "flagged",
         "train_seconds",
+        "wall_seconds",
     ]
     with open(out / "table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fields, extrasaction="ignore")
@@ -317,7 +331,9 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
         "title": table.title,
         "source": table.source,
         "environment": environment(),
+        "command": " ".join(sys.argv),
         "wall_seconds_this_invocation": wall_seconds,
+        "wall_seconds_all_cells": sum(r["wall_seconds"] or 0.0 for r in records),
         "cells": [{k: v for k, v in r.items() if k != "acc_matrix"} for r in records],
     }
     write_json(out / "table.json", summary)
