@@ -96,16 +96,21 @@ def resolve_budget(
             f"total_budget={total}); budget counts samples per class, total_budget in all"
         )
     if per_class is None and total is None:
-        if default_total is not None:
-            total = default_total
-        else:
-            per_class = PUBLISHED_BUDGET.get(info.benchmark, DEFAULT_BUDGET)
+        per_class, total = default_budget(info.benchmark, default_total)
     if total is not None and total < n_groups(info):
         raise ValueError(
             f"total_budget: must be at least the number of classes in the stream ({n_groups(info)}) so every "
             f"class keeps a sample, got {total}"
         )
     return Budget(per_class, total)
+
+
+def default_budget(benchmark: str, default_total: int | None = None) -> tuple[int | None, int | None]:
+    """(per class, total) when no budget option is set: ``default_total`` if given, else the benchmark's
+    published per-class budget."""
+    if default_total is not None:
+        return None, default_total
+    return PUBLISHED_BUDGET.get(benchmark, DEFAULT_BUDGET), None
 
 
 def budget_resolver(default_total: int | None = None) -> Callable[[dict[str, Any], str, str], dict[str, Any]]:
@@ -115,9 +120,8 @@ def budget_resolver(default_total: int | None = None) -> Callable[[dict[str, Any
         del scenario
         if options.get("budget") is not None or options.get("total_budget") is not None:
             return options
-        if default_total is not None:
-            return {**options, "total_budget": default_total}
-        return {**options, "budget": PUBLISHED_BUDGET.get(benchmark, DEFAULT_BUDGET)}
+        per_class, total = default_budget(benchmark, default_total)
+        return {**options, "budget": per_class, "total_budget": total}
 
     return resolve
 
