@@ -1,5 +1,6 @@
 """cljax: continual learning in JAX, one compiled program per context."""
 
+from cljax.compilation import enable_compilation_cache
 from cljax.config import ConfigError, RunConfig
 from cljax.engine import Experiment, NonFiniteLossError, execute, prepare, run
 from cljax.results import RunResult
@@ -12,6 +13,7 @@ __all__ = [
     "NonFiniteLossError",
     "RunConfig",
     "RunResult",
+    "enable_compilation_cache",
     "execute",
     "prepare",
     "run",

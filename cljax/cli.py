@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-context metrics as CSV (and TensorBoard events if tensorboardX is installed)",
     )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every program afresh instead of reusing compiled programs kept on disk "
+        "(also: CLJAX_COMPILE_CACHE=off; CLJAX_COMPILE_CACHE=DIR moves the cache)",
+    )
     sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
     table = sub.add_parser(
         "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
@@ -128,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--data-dir", default=None)
     table.add_argument("--quiet", action="store_true")
+    table.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every program afresh instead of reusing compiled programs kept on disk "
+        "(also: CLJAX_COMPILE_CACHE=off; CLJAX_COMPILE_CACHE=DIR moves the cache)",
+    )
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
@@ -177,12 +189,21 @@ def _check_output(path: str | None, overwrite: bool) -> None:
         raise ConfigError(f"out: the folder {parent} is not writable")
 
 
+def _compile_cache(args: argparse.Namespace) -> None:
+    """Reuse compiled programs across runs unless ``--no-compile-cache``; called before any compilation."""
+    if not args.no_compile_cache:
+        from cljax.compilation import enable_compilation_cache
+
+        enable_compilation_cache()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from cljax.engine import run
     from cljax.results import write_json
 
     configs = _configs(args)
     _check_output(args.out, args.overwrite)
+    _compile_cache(args)
     results = []
     for config in configs:
         checkpoint_dir = args.checkpoint_dir
@@ -231,6 +252,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     if args.name not in TABLES:
         raise ConfigError(f"table: unknown table {args.name!r}; choose one of: {', '.join(TABLES)}")
+    _compile_cache(args)
     split = lambda text: [t.strip() for t in text.split(",")] if text else None  # noqa: E731
     summary = run_table(
         TABLES[args.name],

@@ -6,19 +6,63 @@ elementwise work to XLA's own loop fusions: the VAE's per-pixel loss became one 
 a DGR step took 17-18 ms instead of 15-16 ms (benchmarks/README.md). Limiting the library to individual
 dots is a compile option of that executable only; where the option does not exist (another jaxlib), the
 program is compiled with the defaults.
+
+The command line also keeps compiled programs on disk (JAX's persistent compilation cache), so a repeated
+run, or the next cell of a table with the same shapes, loads its programs instead of compiling them again.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+from cljax.data.locate import cache_dir
 
 CPU_COMPILER_OPTIONS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }
+
+COMPILE_CACHE_ENV = "CLJAX_COMPILE_CACHE"
+COMPILE_CACHE_MAX_BYTES = 2**30
+_DISABLED = {"0", "off", "no", "false", "none"}
+
+
+def compilation_cache_dir() -> Path | None:
+    """``$CLJAX_COMPILE_CACHE`` (a folder, or ``off``), else ``xla/`` in cljax's cache folder."""
+    value = os.environ.get(COMPILE_CACHE_ENV, "").strip()
+    if value.lower() in _DISABLED:
+        return None
+    return Path(value).expanduser() if value else cache_dir() / "xla"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Keep compiled programs in ``path`` (default :func:`compilation_cache_dir`) across processes.
+
+    Without ``path``, a cache set up through JAX itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+    Returns the folder in use, or None when the cache is off. Programs compiled before the call are not
+    kept. Only programs of the same jaxlib, backend and compile options are reused: the key covers them.
+    """
+    configured = jax.config.jax_compilation_cache_dir
+    if path is None and configured:
+        return Path(configured)
+    folder = Path(path) if path is not None else compilation_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time rather than fail the run
+    compilation_cache.reset_cache()  # forget an earlier "no cache" decision, so the folder takes effect
+    compilation_cache.set_cache_dir(str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    return folder
 
 
 def compiler_options() -> dict[str, str]:

@@ -162,6 +162,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
+        "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
     }

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from cljax.compilation import enable_compilation_cache
 from cljax.data import Dataset, load_dataset
+
+# The command line keeps compiled programs in the user's cache folder; the tests must not write there.
+os.environ["CLJAX_COMPILE_CACHE"] = "off"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,3 +48,24 @@ def mnist() -> Dataset:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"real MNIST not found at {SHARED_DATA / 'mnist'}")
     return load_dataset("mnist", SHARED_DATA, download=False)
+
+
+@pytest.fixture
+def disk_cache(tmp_path, monkeypatch):
+    """JAX's persistent cache in a temporary folder, switched off again afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    monkeypatch.setenv("CLJAX_COMPILE_CACHE", "off")
+    assert enable_compilation_cache() is None
+    monkeypatch.setenv("CLJAX_COMPILE_CACHE", str(tmp_path / "xla"))
+    hits: list[str] = []
+
+    def listen(event: str, **kwargs) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(listen)
+    yield tmp_path / "xla", hits
+    jax.monitoring.unregister_event_listener(listen)
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()

@@ -96,7 +96,7 @@ def test_main_job_compares_fine_tuning_with_the_best_method():
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST not available")
-def test_run_writes_json(capsys, tmp_path):
+def test_run_writes_json_and_keeps_compiled_programs(capsys, tmp_path, disk_cache):
     out = tmp_path / "r.json"
     argv = [
         "run",
@@ -121,3 +121,4 @@ def test_run_writes_json(capsys, tmp_path):
     result = json.loads(out.read_text())
     assert result["strategy"] == "none" and result["scenario"] == "task" and len(result["acc_matrix"]) == 2
     assert 50 < result["mean"] <= 100  # Task-IL after 20 iterations: far above chance
+    assert result["environment"]["compilation_cache"] and any(disk_cache[0].iterdir())

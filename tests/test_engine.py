@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cljax
+from cljax.compilation import enable_compilation_cache
 from cljax.engine import NonFiniteLossError, train_context
 from cljax.strategies import get_strategy
 
@@ -37,6 +38,19 @@ def test_one_trace_for_all_contexts_and_seeds(tiny_data):
     result = cljax.execute(exp, quiet=True)
     assert np.asarray(result.acc_matrix).shape == (3, 5, 5)
     assert traces == {"step": 1, "end_context": 1, "predict": 1}
+
+
+def test_a_repeated_run_loads_its_programs_from_the_disk_cache(tiny_data, disk_cache):
+    folder, hits = disk_cache
+    assert enable_compilation_cache() == folder
+    config = cljax.RunConfig(strategy="none", scenario="class", seeds=2, iters=5, batch_size=8)
+    first = cljax.execute(cljax.prepare(config, dataset=tiny_data), quiet=True)
+    stored = {p.name for p in folder.iterdir()}
+    assert stored and not hits
+    second = cljax.execute(cljax.prepare(config, dataset=tiny_data), quiet=True)
+    assert len(hits) >= 3  # init, train and evaluate: loaded, not compiled
+    assert {p.name for p in folder.iterdir()} == stored
+    assert second.acc_matrix == first.acc_matrix and second.environment["compilation_cache"]
 
 
 def test_fine_tuning_forgets_and_joint_does_not(tiny_data):
