@@ -58,6 +58,7 @@ class RunConfig:
             batch_size=self.batch_size if self.batch_size is not None else bench.batch_size,
             lr=self.lr if self.lr is not None else bench.lr,
             model=self.model or bench.model,
+            class_il_active=self.class_il_active if self.scenario == "class" else "all",  # unused elsewhere
             options=options,
         )
 

@@ -3,6 +3,8 @@
 ``run_table`` runs the cells that are missing from the output folder (so a long table can be continued),
 then writes the table as markdown, CSV and JSON and draws two figures. A cell is flagged when it differs
 from the published mean by more than max(2 points, 3 SEM x sqrt(20 / seeds)) (the papers used 20 seeds).
+A cell whose configuration equals a finished cell of another table beside it (NMI-2022 and 3S-2019 share
+fine-tuning, joint training and DGR in Task- and Domain-IL) is copied from there instead of run again.
 """
 
 from __future__ import annotations
@@ -215,11 +217,42 @@ def run_table(
         path = _cell_file(out, method, scenario)
         if path.exists():
             continue
+        same = find_same_cell(out, config)
+        if same is not None:
+            shared = json.loads(same.read_text())
+            shared["reused_from"] = f"{same.parent.parent.name}/{same.parent.name}/{same.name}"
+            write_json(path, shared)
+            if not quiet:
+                print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} copied from {shared['reused_from']}")
+            continue
         result = run_fn(config, quiet=quiet)
         result.save(path)
         if not quiet:
             print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} {result.mean:6.2f} +- {result.sem:.2f}")
     return write_summaries(table, out, wall_seconds=time.perf_counter() - started)
+
+
+_NOT_PROTOCOL = ("data_dir", "download", "wall_seconds")
+
+
+def _protocol(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's configuration as JSON would hold it, less what cannot change its results."""
+    return {k: v for k, v in json.loads(json.dumps(dict(config))).items() if k not in _NOT_PROTOCOL}
+
+
+def find_same_cell(out: Path, config: RunConfig) -> Path | None:
+    """A finished cell of another table beside ``out`` (same parent folder) run with exactly ``config``."""
+    wanted = _protocol(config.resolved().to_dict())
+    for path in sorted(out.parent.glob("*/runs/*.json")):
+        if path.parent.parent.resolve() == out.resolve():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and _protocol(result.get("config", {})) == wanted:
+            return path
+    return None
 
 
 def collect(table: Table, out: Path) -> list[dict[str, Any]]:
@@ -251,6 +284,7 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
                     "wall_seconds": result["config"].get("wall_seconds"),
                     "seed_list": result["seeds"],
                     "device_kind": result.get("environment", {}).get("device_kind"),
+                    "reused_from": result.get("reused_from"),
                     "acc_matrix": result["acc_matrix"],
                 }
             )
@@ -298,6 +332,14 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
             f"{len(records)} cells; seeds {' / '.join(', '.join(map(str, s)) for s in seed_lists)}; "
             f"device {', '.join(devices)}; wall time of all cells {wall / 60:.1f} min.",
         ]
+        reused = [r for r in records if r["reused_from"]]
+        if reused:
+            sources = sorted({r["reused_from"].split("/")[0] for r in reused})
+            minutes = sum(r["wall_seconds"] or 0.0 for r in reused) / 60
+            lines.append(
+                f"{len(reused)} of them ({minutes:.1f} min) were run once with an identical configuration "
+                f"for {', '.join(sources)} and copied from there."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -321,6 +363,7 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
         "flagged",
         "train_seconds",
         "wall_seconds",
+        "reused_from",
     ]
     with open(out / "table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fields, extrasaction="ignore")

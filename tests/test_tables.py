@@ -63,6 +63,35 @@ def test_tiny_table_end_to_end(tiny_data, tmp_path):
     assert calls == []
 
 
+def test_a_cell_with_the_same_protocol_is_copied_from_the_table_beside_it(tiny_data, tmp_path):
+    import cljax
+
+    calls = []
+
+    def run_fn(config, quiet):
+        calls.append((config.strategy, config.scenario))
+        return cljax.run(config, quiet=quiet, dataset=tiny_data)
+
+    first = Table("first", "first", "split-mnist", (Method("None", "none"),), seeds=1, first_seed=0)
+    # Same fine-tuning, but Class-IL over the classes seen so far: only the Class-IL cell differs.
+    second = Table("second", "second", "split-mnist", (Method("None", "none", class_il_active="seen"),), 1, 0)
+    run_table(first, tmp_path / "first", iters=3, run_fn=run_fn, quiet=True)
+    calls.clear()
+    summary = run_table(second, tmp_path / "second", iters=3, run_fn=run_fn, quiet=True)
+    assert calls == [("none", "class")]
+    cells = {c["scenario"]: c for c in summary["cells"]}
+    assert cells["task"]["reused_from"] == "first/runs/none_none_task.json"
+    assert cells["class"]["reused_from"] is None
+    mine = json.loads((tmp_path / "second" / "runs" / "none_none_domain.json").read_text())
+    theirs = json.loads((tmp_path / "first" / "runs" / "none_none_domain.json").read_text())
+    assert mine["acc_matrix"] == theirs["acc_matrix"]
+    assert "2 of them" in (tmp_path / "second" / "table.md").read_text()
+    # Another iteration count is another protocol: nothing is copied.
+    calls.clear()
+    run_table(second, tmp_path / "second-long", iters=4, run_fn=run_fn, quiet=True)
+    assert len(calls) == 3
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST not available")
 def test_table_command(tmp_path, capsys):
     argv = [
