@@ -1,9 +1,10 @@
 """Pieces the distillation and regularisation strategies share: quadratic penalties and published settings.
 
-Published settings: each strategy's defaults are the NMI-2022 values. The option ``protocol="3s2019"``
-swaps every option the user left at its default for the 3S-2019 value; options the user set explicitly
-are kept. Defaults are marked (:class:`Published` numbers and strings, ``None`` for flags) so an explicit
-value is never mistaken for a default, even when it is numerically equal.
+Published settings: each strategy's defaults are the NMI-2022 values, those of split MNIST unless the
+paper published others for the benchmark (permuted MNIST). The option ``protocol="3s2019"`` swaps every
+option the user left at its default for the 3S-2019 value; options the user set explicitly are kept.
+Defaults are marked (:class:`Published` numbers and strings, ``None`` for flags) so an explicit value is
+never mistaken for a default, even when it is numerically equal.
 """
 
 from __future__ import annotations
@@ -32,17 +33,25 @@ def published(value: Any) -> Any:
     return PublishedStr(value) if isinstance(value, str) else Published(value)
 
 
+PublishedTable = Mapping[str, Mapping[str, Mapping[str, Any]]]  # protocol -> scenario -> option values
+
+
 def resolve_protocol(
-    options: Mapping[str, Any], table: Mapping[str, Mapping[str, Mapping[str, Any]]], scenario: str
+    options: Mapping[str, Any],
+    table: PublishedTable,
+    scenario: str,
+    benchmark: str | None = None,
+    by_benchmark: Mapping[str, PublishedTable] | None = None,
 ) -> dict[str, Any]:
     """The options with every unset default (marked or ``None``) replaced by ``table[protocol][scenario]``.
 
-    Raises ValueError for an unknown ``protocol``.
+    ``by_benchmark[benchmark][protocol]``, where a paper published settings for that benchmark, takes the
+    place of ``table[protocol]`` (split MNIST's). Raises ValueError for an unknown ``protocol``.
     """
     protocol = options.get("protocol", PROTOCOLS[0])
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
-    values = table[protocol][scenario]
+    values = (by_benchmark or {}).get(benchmark, {}).get(protocol, table[protocol])[scenario]
     out = dict(options)
     for name, value in values.items():
         current = out.get(name)
@@ -52,13 +61,12 @@ def resolve_protocol(
 
 
 def protocol_resolver(
-    table: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    table: PublishedTable, by_benchmark: Mapping[str, PublishedTable] | None = None
 ) -> Callable[[dict[str, Any], str, str], dict[str, Any]]:
     """A ``StrategySpec.resolve``: the options with ``protocol``'s published values, as plain values."""
 
     def resolve(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
-        del benchmark
-        out = resolve_protocol(options, table, scenario)
+        out = resolve_protocol(options, table, scenario, benchmark, by_benchmark)
         return {
             k: float(v) if isinstance(v, Published) else str(v) if isinstance(v, PublishedStr) else v
             for k, v in out.items()

@@ -410,6 +410,22 @@ def test_defaults_are_the_published_values_and_protocol_swaps_only_unset_ones():
     assert explicit["lambda"] == 1e5  # set by the user, even though it equals the NMI-2022 default
 
 
+def test_permuted_mnist_gets_its_own_published_settings():
+    from cljax.config import RunConfig
+
+    def resolved(strategy, scenario, **options):
+        config = RunConfig(benchmark="perm-mnist", strategy=strategy, scenario=scenario, options=options)
+        return config.resolved().options
+
+    for scenario in ("task", "domain", "class"):
+        ewc = resolved("ewc", scenario)
+        assert (ewc["lambda"], ewc["fisher_n"], ewc["fisher_labels"]) == (100.0, 1000, "all")
+    assert [resolved("si", s)["c"] for s in ("task", "domain", "class")] == [10.0, 10.0, 5.0]
+    assert resolved("ewc", "class", **{"lambda": 7.0})["lambda"] == 7.0  # the user's value stays
+    split = RunConfig(benchmark="split-mnist", strategy="si", scenario="domain").resolved().options
+    assert split["c"] == 5e4
+
+
 # ------------------------------------------------------------------ tiny runs
 
 

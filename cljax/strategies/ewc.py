@@ -21,6 +21,7 @@ Options (defaults: NMI-2022 for ``ewc``, 3S-2019 for ``online-ewc``, shared/PROT
 - ``protocol``: ``nmi2022`` or ``3s2019``; picks the published value of every option left at its default.
 - ``lambda``: penalty strength. EWC, NMI-2022: 1e5 / 1e10 / 1e9 (Task / Domain / Class);
   3S-2019: 1e7 / 1e6 / 1e8. Online EWC, 3S-2019: 1e8 / 1e8 / 1e9 (none published in NMI-2022).
+  Permuted MNIST, NMI-2022: 100 in every scenario, with the Fisher from 1000 samples.
 - ``gamma`` (online EWC): decay of the running Fisher, in (0, 1]; 3S-2019: 0.8 / 0.7 / 0.8.
 - ``fisher_labels``: ``all`` (exact Fisher, labels weighted by predicted probabilities: NMI-2022),
   ``pred`` (the predicted label: 3S-2019), ``sample`` or ``true`` (empirical Fisher).
@@ -49,6 +50,7 @@ from cljax.regularizers import (
     set_slot,
     stack_slots,
 )
+from cljax.scenarios import ScenarioInfo
 from cljax.strategies.base import (
     ClassifierState,
     Setup,
@@ -70,6 +72,12 @@ EWC_PUBLISHED = {
         "domain": {"lambda": 1e6, "fisher_labels": "pred"},
         "class": {"lambda": 1e8, "fisher_labels": "pred"},
     },
+}
+
+# NMI-2022 on permuted MNIST (shared/PROTOCOL.md): lambda 100 in every scenario, Fisher from 1000 samples.
+_PERM_MNIST_EWC = {"lambda": 100.0, "fisher_labels": "all", "fisher_n": 1000}
+EWC_PUBLISHED_BY_BENCHMARK = {
+    "perm-mnist": {"nmi2022": {s: dict(_PERM_MNIST_EWC) for s in ("task", "domain", "class")}}
 }
 
 # NMI-2022 publishes no online-EWC values: there only its Fisher labels differ from 3S-2019.
@@ -103,8 +111,13 @@ class OnlineEWCState(flax.struct.PyTreeNode):
     anchor: Any
 
 
-def _settings(options: Mapping[str, Any], table, scenario: str, online: bool) -> dict[str, Any]:
-    opts = resolve_protocol(options, table, scenario)
+def _settings(options: Mapping[str, Any], info: ScenarioInfo, online: bool) -> dict[str, Any]:
+    if online:
+        opts = resolve_protocol(options, ONLINE_EWC_PUBLISHED, info.scenario)
+    else:
+        opts = resolve_protocol(
+            options, EWC_PUBLISHED, info.scenario, info.benchmark, EWC_PUBLISHED_BY_BENCHMARK
+        )
     fisher_n = opts.get("fisher_n")
     if fisher_n is not None and (isinstance(fisher_n, bool) or not isinstance(fisher_n, int) or fisher_n < 1):
         raise ValueError(
@@ -122,8 +135,7 @@ def _settings(options: Mapping[str, Any], table, scenario: str, online: bool) ->
 
 def _ewc(setup: Setup, options: Mapping[str, Any], online: bool) -> Strategy:
     info = setup.info
-    table = ONLINE_EWC_PUBLISHED if online else EWC_PUBLISHED
-    settings = _settings(options, table, info.scenario, online)
+    settings = _settings(options, info, online)
     lam, gamma = settings["lambda"], settings.get("gamma", 1.0)
     n_slots = 1 if online else max(info.n_contexts - 1, 1)
 
@@ -224,7 +236,7 @@ SPECS = (
         ewc,
         "EWC, one Fisher penalty per context (NMI-2022 lambda 1e5/1e10/1e9, exact Fisher)",
         defaults=ewc_defaults,
-        resolve=protocol_resolver(EWC_PUBLISHED),
+        resolve=protocol_resolver(EWC_PUBLISHED, EWC_PUBLISHED_BY_BENCHMARK),
     ),
     StrategySpec(
         "online-ewc",

@@ -9,7 +9,8 @@ anchor becomes the current parameters and W restarts at zero. Training adds
 Options (defaults: NMI-2022, shared/PROTOCOL.md):
 
 - ``protocol``: ``nmi2022`` or ``3s2019``; picks the published value of every option left at its default.
-- ``c``: penalty strength. NMI-2022: 10 / 5e4 / 5e3 (Task / Domain / Class); 3S-2019: 50 / 500 / 0.5.
+- ``c``: penalty strength. NMI-2022: 10 / 5e4 / 5e3 (Task / Domain / Class); 3S-2019: 50 / 500 / 0.5;
+  permuted MNIST, NMI-2022: 10 / 10 / 5.
 - ``damping``: the reference's epsilon, 0.1 in both papers.
 - ``path_gradient``: which gradient g enters the path integral. ``total`` (default): the gradient the
   optimizer receives, penalty included, which is what the reference reads from ``p.grad`` after
@@ -49,6 +50,10 @@ SI_PUBLISHED = {
     "nmi2022": {"task": {"c": 10.0}, "domain": {"c": 5e4}, "class": {"c": 5e3}},
     "3s2019": {"task": {"c": 50.0}, "domain": {"c": 500.0}, "class": {"c": 0.5}},
 }
+# NMI-2022 on permuted MNIST (shared/PROTOCOL.md).
+SI_PUBLISHED_BY_BENCHMARK = {
+    "perm-mnist": {"nmi2022": {"task": {"c": 10.0}, "domain": {"c": 10.0}, "class": {"c": 5.0}}}
+}
 PATH_GRADIENTS = ("total", "current")
 
 
@@ -77,7 +82,11 @@ def si(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """Synaptic intelligence (see the module docstring for the options)."""
     info = setup.info
     opts = resolve_protocol(
-        {**si_defaults(info.scenario), **dict(options or {})}, SI_PUBLISHED, info.scenario
+        {**si_defaults(info.scenario), **dict(options or {})},
+        SI_PUBLISHED,
+        info.scenario,
+        info.benchmark,
+        SI_PUBLISHED_BY_BENCHMARK,
     )
     c = check_range("c", opts["c"], 0.0)
     damping = check_range("damping", opts["damping"], 0.0, low_open=True)
@@ -138,6 +147,6 @@ SPECS = (
         si,
         "synaptic intelligence, path-integral importance (NMI-2022 c 10/5e4/5e3, damping 0.1)",
         defaults=si_defaults,
-        resolve=protocol_resolver(SI_PUBLISHED),
+        resolve=protocol_resolver(SI_PUBLISHED, SI_PUBLISHED_BY_BENCHMARK),
     ),
 )
