@@ -77,10 +77,18 @@ def sample_contexts_upto(
     key: jax.Array,
     batch_size: int,
 ) -> Batch:
-    """A uniform batch over the union of contexts 0..last (joint training, 'cumulative' baselines)."""
+    """A uniform batch over the union of contexts 0..last (joint training, 'cumulative' baselines).
+
+    Task-IL keeps each sample on its own context's units; otherwise the classes of all these contexts have
+    been seen, so each sample competes over the units active after context ``last`` (for Class-IL over
+    the classes seen so far, a sample of context 0 is not limited to context 0's two classes).
+    """
     counts = jnp.where(jnp.arange(info.n_contexts) <= last, stream.train_n, 0)
     ends = jnp.cumsum(counts)
     flat = jax.random.randint(key, (batch_size,), 0, ends[-1])
     ctx = jnp.searchsorted(ends, flat, side="right").astype(jnp.int32)
     slots = flat - (ends[ctx] - counts[ctx])
-    return gather(info, images, stream, ctx, slots)
+    batch = gather(info, images, stream, ctx, slots)
+    if info.task_il:
+        return batch
+    return batch._replace(mask=jnp.broadcast_to(stream.active[last], batch.mask.shape))

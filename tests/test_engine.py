@@ -53,9 +53,10 @@ def test_a_repeated_run_loads_its_programs_from_the_disk_cache(tiny_data, disk_c
     assert second.acc_matrix == first.acc_matrix and second.environment["compilation_cache"]
 
 
-def test_fine_tuning_forgets_and_joint_does_not(tiny_data):
-    none = cljax.run(strategy="none", scenario="class", dataset=tiny_data, **TINY)
-    joint = cljax.run(strategy="joint", scenario="class", dataset=tiny_data, **TINY)
+@pytest.mark.parametrize("active", ["all", "seen"])
+def test_fine_tuning_forgets_and_joint_does_not(tiny_data, active):
+    none = cljax.run(strategy="none", scenario="class", class_il_active=active, dataset=tiny_data, **TINY)
+    joint = cljax.run(strategy="joint", scenario="class", class_il_active=active, dataset=tiny_data, **TINY)
     acc_none, acc_joint = np.asarray(none.acc_matrix[0]), np.asarray(joint.acc_matrix[0])
     assert np.diag(acc_none).min() > 90  # each context is learned...
     assert acc_none[-1, :-1].max() < 10  # ...and forgotten in Class-IL
