@@ -165,7 +165,20 @@ def environment() -> dict[str, Any]:
         "compilation_cache": bool(jax.config.jax_compilation_cache_dir),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name where the system says it (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _check_finite(losses: np.ndarray, context: int, seeds: list[int]) -> None:

@@ -349,7 +349,14 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
     from cljax.engine import environment
 
     records = collect(table, out)
-    (out / "table.md").write_text(markdown(table, records))
+    env = environment()
+    command = " ".join(sys.argv)
+    provenance = (
+        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} cores, {env['backend']} "
+        f"({env['device_kind']}); jax {env['jax']}, flax {env['flax']}, optax {env['optax']}, "
+        f"python {env['python']}. Command: `{command}`.\n"
+    )
+    (out / "table.md").write_text(markdown(table, records) + provenance)
     fields = [
         "method",
         "strategy",
@@ -374,8 +381,8 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
         "table": table.name,
         "title": table.title,
         "source": table.source,
-        "environment": environment(),
-        "command": " ".join(sys.argv),
+        "environment": env,
+        "command": command,
         "wall_seconds_this_invocation": wall_seconds,
         "wall_seconds_all_cells": sum(r["wall_seconds"] or 0.0 for r in records),
         "cells": [{k: v for k, v in r.items() if k != "acc_matrix"} for r in records],
