@@ -424,7 +424,7 @@ def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
     ax.set_ylabel("final average accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(table.title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never on them
     fig.savefig(out / "final_accuracy.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
