@@ -73,7 +73,7 @@ def _nmi_split_mnist() -> Table:
         Method("ER (100/class)", "er", p["er"]),
         Method("DGR", "dgr", p["dgr"]),
         Method("BI-R", "bir", p["bir"]),
-        Method("iCaRL (100/class)", "icarl", {}, scenarios=("class",)),
+        Method("iCaRL (100/class)", "icarl", {}, lambda s: {"budget": 100}, scenarios=("class",)),
     )
     return Table(
         "nmi2022-split-mnist",

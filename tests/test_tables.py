@@ -25,6 +25,34 @@ def test_tables_name_published_values():
     assert nmi.seeds == 20 and nmi.first_seed == 2
 
 
+def test_memory_sizes_in_the_labels_are_the_ones_that_run():
+    import re
+
+    from cljax.config import RunConfig
+
+    checked = 0
+    for table in TABLES.values():
+        for method in table.methods:
+            per_class = re.search(r"\((\d+)/class\)", method.label)
+            total = re.search(r"total budget (\d+)", method.label)
+            if not (per_class or total):
+                continue
+            for scenario in method.scenarios:
+                config = RunConfig(
+                    benchmark=table.benchmark,
+                    scenario=scenario,
+                    strategy=method.strategy,
+                    options=method.options(scenario),
+                )
+                options = config.resolved().options
+                if per_class:
+                    assert options["budget"] == int(per_class.group(1)), (table.name, method.label)
+                else:
+                    assert options["total_budget"] == int(total.group(1)), (table.name, method.label)
+                checked += 1
+    assert checked >= 10
+
+
 def test_tiny_table_end_to_end(tiny_data, tmp_path):
     import cljax
 
