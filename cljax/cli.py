@@ -48,6 +48,15 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every program afresh instead of reusing compiled programs kept on disk "
+        "(also: CLJAX_COMPILE_CACHE=off; CLJAX_COMPILE_CACHE=DIR moves the cache)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cljax", description="Continual learning in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,12 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-context metrics as CSV (and TensorBoard events if tensorboardX is installed)",
     )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
-    run.add_argument(
-        "--no-compile-cache",
-        action="store_true",
-        help="compile every program afresh instead of reusing compiled programs kept on disk "
-        "(also: CLJAX_COMPILE_CACHE=off; CLJAX_COMPILE_CACHE=DIR moves the cache)",
-    )
+    _add_compile_cache_flag(run)
     sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
     table = sub.add_parser(
         "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
@@ -134,12 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--data-dir", default=None)
     table.add_argument("--quiet", action="store_true")
-    table.add_argument(
-        "--no-compile-cache",
-        action="store_true",
-        help="compile every program afresh instead of reusing compiled programs kept on disk "
-        "(also: CLJAX_COMPILE_CACHE=off; CLJAX_COMPILE_CACHE=DIR moves the cache)",
-    )
+    _add_compile_cache_flag(table)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
