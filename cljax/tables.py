@@ -285,6 +285,7 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
                     "wall_seconds": result["config"].get("wall_seconds"),
                     "seed_list": result["seeds"],
                     "device_kind": result.get("environment", {}).get("device_kind"),
+                    "cpu_cores": result.get("environment", {}).get("cpu_cores"),
                     "reused_from": result.get("reused_from"),
                     "acc_matrix": result["acc_matrix"],
                 }
@@ -327,11 +328,13 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
     if records:
         seed_lists = sorted({tuple(r["seed_list"]) for r in records})
         devices = sorted({str(r["device_kind"]) for r in records})
+        cores = sorted({r["cpu_cores"] for r in records if r["cpu_cores"] and r["device_kind"] == "cpu"})
+        on_cores = f" ({' or '.join(map(str, cores))} CPU cores per cell)" if cores else ""
         wall = sum(r["wall_seconds"] or 0.0 for r in records)
         lines += [
             "",
             f"{len(records)} cells; seeds {' / '.join(', '.join(map(str, s)) for s in seed_lists)}; "
-            f"device {', '.join(devices)}; wall time of all cells {wall / 60:.1f} min.",
+            f"device {', '.join(devices)}{on_cores}; wall time of all cells {wall / 60:.1f} min.",
         ]
         reused = [r for r in records if r["reused_from"]]
         if reused:

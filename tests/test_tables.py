@@ -83,6 +83,8 @@ def test_tiny_table_end_to_end(tiny_data, tmp_path):
     assert (tmp_path / "table.csv").read_text().count("\n") == 5
     saved = json.loads((tmp_path / "table.json").read_text())
     assert saved["environment"]["jax"]
+    if saved["environment"]["backend"] == "cpu":  # cells say how many cores they ran on
+        assert f"({saved['environment']['cpu_cores']} CPU cores per cell)" in md
     none_class = next(c for c in saved["cells"] if c["strategy"] == "none" and c["scenario"] == "class")
     assert none_class["flagged"] == (abs(none_class["mean"] - 19.9) > 2.0)
     # A second invocation reuses the finished cells instead of running them again.
