@@ -329,7 +329,8 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
         seed_lists = sorted({tuple(r["seed_list"]) for r in records})
         devices = sorted({str(r["device_kind"]) for r in records})
         cores = sorted({r["cpu_cores"] for r in records if r["cpu_cores"] and r["device_kind"] == "cpu"})
-        on_cores = f" ({' or '.join(map(str, cores))} CPU cores per cell)" if cores else ""
+        core_word = "core" if cores == [1] else "cores"
+        on_cores = f" ({' or '.join(map(str, cores))} CPU {core_word} per cell)" if cores else ""
         wall = sum(r["wall_seconds"] or 0.0 for r in records)
         lines += [
             "",
@@ -355,7 +356,8 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
     env = environment()
     command = " ".join(sys.argv)
     provenance = (
-        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} cores, {env['backend']} "
+        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} {'core' if env['cpu_cores'] == 1 else 'cores'}, "
+        f"{env['backend']} "
         f"({env['device_kind']}); jax {env['jax']}, flax {env['flax']}, optax {env['optax']}, "
         f"python {env['python']}. Command: `{command}`.\n"
     )

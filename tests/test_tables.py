@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cljax.cli import main
-from cljax.tables import TABLES, Method, Table, run_table, tolerance
+from cljax.tables import TABLES, Method, Table, markdown, run_table, tolerance
 from tests.conftest import SHARED_DATA
 
 
@@ -23,6 +23,24 @@ def test_tables_name_published_values():
     none = next(m for m in nmi.methods if m.strategy == "none")
     assert none.published["class"] == (19.89, 0.02)
     assert nmi.seeds == 20 and nmi.first_seed == 2
+
+
+def _record(strategy: str, scenario: str, cores: int) -> dict:
+    return {
+        "method": strategy.title(), "strategy": strategy, "scenario": scenario, "seeds": 1,
+        "mean": 50.0, "sem": 0.0, "published_mean": None, "published_sem": None, "difference": None,
+        "tolerance": None, "flagged": False, "train_seconds": 60.0, "wall_seconds": 90.0,
+        "seed_list": [2], "device_kind": "cpu", "cpu_cores": cores, "reused_from": None,
+        "acc_matrix": [[[50.0]]],
+    }  # fmt: skip
+
+
+def test_summary_says_how_many_cores_each_cell_ran_on():
+    table = TABLES["nmi2022-perm-mnist"]
+    one = markdown(table, [_record("none", "task", 1), _record("none", "class", 1)])
+    assert "2 cells; seeds 2; device cpu (1 CPU core per cell); wall time of all cells 3.0 min." in one
+    mixed = markdown(table, [_record("none", "task", 2), _record("none", "class", 1)])
+    assert "(1 or 2 CPU cores per cell)" in mixed
 
 
 def test_memory_sizes_in_the_labels_are_the_ones_that_run():
@@ -84,7 +102,8 @@ def test_tiny_table_end_to_end(tiny_data, tmp_path):
     saved = json.loads((tmp_path / "table.json").read_text())
     assert saved["environment"]["jax"]
     if saved["environment"]["backend"] == "cpu":  # cells say how many cores they ran on
-        assert f"({saved['environment']['cpu_cores']} CPU cores per cell)" in md
+        cores = saved["environment"]["cpu_cores"]
+        assert f"({cores} CPU {'core' if cores == 1 else 'cores'} per cell)" in md
     none_class = next(c for c in saved["cells"] if c["strategy"] == "none" and c["scenario"] == "class")
     assert none_class["flagged"] == (abs(none_class["mean"] - 19.9) > 2.0)
     # A second invocation reuses the finished cells instead of running them again.
