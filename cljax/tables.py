@@ -293,6 +293,10 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _cores(n: int) -> str:
+    return "core" if n == 1 else "cores"
+
+
 def markdown(table: Table, records: list[dict[str, Any]]) -> str:
     """The table as markdown: measured mean +- SEM, the published value and the difference per cell."""
     by_cell = {(r["method"], r["scenario"]): r for r in records}
@@ -329,8 +333,7 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
         seed_lists = sorted({tuple(r["seed_list"]) for r in records})
         devices = sorted({str(r["device_kind"]) for r in records})
         cores = sorted({r["cpu_cores"] for r in records if r["cpu_cores"] and r["device_kind"] == "cpu"})
-        core_word = "core" if cores == [1] else "cores"
-        on_cores = f" ({' or '.join(map(str, cores))} CPU {core_word} per cell)" if cores else ""
+        on_cores = f" ({' or '.join(map(str, cores))} CPU {_cores(max(cores))} per cell)" if cores else ""
         wall = sum(r["wall_seconds"] or 0.0 for r in records)
         lines += [
             "",
@@ -356,8 +359,7 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
     env = environment()
     command = " ".join(sys.argv)
     provenance = (
-        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} {'core' if env['cpu_cores'] == 1 else 'cores'}, "
-        f"{env['backend']} "
+        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} {_cores(env['cpu_cores'])}, {env['backend']} "
         f"({env['device_kind']}); jax {env['jax']}, flax {env['flax']}, optax {env['optax']}, "
         f"python {env['python']}. Command: `{command}`.\n"
     )
