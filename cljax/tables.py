@@ -297,6 +297,13 @@ def _cores(n: int) -> str:
     return "core" if n == 1 else "cores"
 
 
+def _seeds(seed_lists: list[tuple[int, ...]]) -> str:
+    """'seed 2' for one seed, 'seeds 2, 3, 4' otherwise; several lists separated by ' / '."""
+    if seed_lists == [(seed_lists[0][0],)]:
+        return f"seed {seed_lists[0][0]} (one seed: means without SEM)"
+    return "seeds " + " / ".join(", ".join(map(str, s)) for s in seed_lists)
+
+
 def markdown(table: Table, records: list[dict[str, Any]]) -> str:
     """The table as markdown: measured mean +- SEM, the published value and the difference per cell."""
     by_cell = {(r["method"], r["scenario"]): r for r in records}
@@ -317,7 +324,7 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
             if r is None:
                 cells.append("-")
                 continue
-            text = f"{r['mean']:.2f} ± {r['sem']:.2f}"
+            text = f"{r['mean']:.2f}" if len(r["seed_list"]) == 1 else f"{r['mean']:.2f} ± {r['sem']:.2f}"
             if r["published_mean"] is not None:
                 text += f" (pub. {r['published_mean']:.2f}, {r['difference']:+.2f})"
                 if r["flagged"]:
@@ -337,7 +344,7 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
         wall = sum(r["wall_seconds"] or 0.0 for r in records)
         lines += [
             "",
-            f"{len(records)} cells; seeds {' / '.join(', '.join(map(str, s)) for s in seed_lists)}; "
+            f"{len(records)} {'cell' if len(records) == 1 else 'cells'}; {_seeds(seed_lists)}; "
             f"device {', '.join(devices)}{on_cores}; wall time of all cells {wall / 60:.1f} min.",
         ]
         reused = [r for r in records if r["reused_from"]]

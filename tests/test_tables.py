@@ -38,9 +38,18 @@ def _record(strategy: str, scenario: str, cores: int) -> dict:
 def test_summary_says_how_many_cores_each_cell_ran_on():
     table = TABLES["nmi2022-perm-mnist"]
     one = markdown(table, [_record("none", "task", 1), _record("none", "class", 1)])
-    assert "2 cells; seeds 2; device cpu (1 CPU core per cell); wall time of all cells 3.0 min." in one
+    assert "2 cells; seed 2 (one seed: means without SEM); device cpu (1 CPU core per cell); " in one
+    assert "wall time of all cells 3.0 min." in one
+    assert "| None | 50.00 | 50.00 |" in one, "one seed has no SEM to show"
     mixed = markdown(table, [_record("none", "task", 2), _record("none", "class", 1)])
     assert "(1 or 2 CPU cores per cell)" in mixed
+
+
+def test_cells_of_several_seeds_show_mean_and_sem():
+    record = _record("none", "class", 2) | {"seed_list": [2, 3], "seeds": 2, "sem": 1.5}
+    text = markdown(TABLES["nmi2022-perm-mnist"], [record])
+    assert "| None | 50.00 ± 1.50 |" in text
+    assert "1 cell; seeds 2, 3; " in text
 
 
 def test_memory_sizes_in_the_labels_are_the_ones_that_run():
