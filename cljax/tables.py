@@ -423,6 +423,7 @@ def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
     labels = [m.label for m in table.methods if any(r["method"] == m.label for r in records)]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) * len(scenarios) / 2), 4))
     width = 0.8 / max(1, len(scenarios))
+    any_published = any(r["published_mean"] is not None for r in records)
     for k, s in enumerate(scenarios):
         rows = {r["method"]: r for r in records if r["scenario"] == s}
         x = np.arange(len(labels)) + k * width
@@ -433,7 +434,9 @@ def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
             rows[m]["published_mean"] if m in rows and rows[m]["published_mean"] is not None else np.nan
             for m in labels
         ]
-        ax.scatter(x, pubs, marker="_", s=200, color="black", zorder=3, label="published" if k == 0 else None)
+        if any_published:
+            label = "published" if k == 0 else None
+            ax.scatter(x, pubs, marker="_", s=200, color="black", zorder=3, label=label)
     ax.set_xticks(np.arange(len(labels)) + width * (len(scenarios) - 1) / 2, labels, rotation=30, ha="right")
     ax.set_ylabel("final average accuracy (%)")
     ax.set_ylim(0, 100)
