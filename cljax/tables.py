@@ -293,8 +293,8 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _cores(n: int) -> str:
-    return "core" if n == 1 else "cores"
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 def _seeds(seed_lists: list[tuple[int, ...]]) -> str:
@@ -340,11 +340,13 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
         seed_lists = sorted({tuple(r["seed_list"]) for r in records})
         devices = sorted({str(r["device_kind"]) for r in records})
         cores = sorted({r["cpu_cores"] for r in records if r["cpu_cores"] and r["device_kind"] == "cpu"})
-        on_cores = f" ({' or '.join(map(str, cores))} CPU {_cores(max(cores))} per cell)" if cores else ""
+        on_cores = ""
+        if cores:
+            on_cores = f" ({' or '.join(map(str, cores))} CPU {_plural(max(cores), 'core')} per cell)"
         wall = sum(r["wall_seconds"] or 0.0 for r in records)
         lines += [
             "",
-            f"{len(records)} {'cell' if len(records) == 1 else 'cells'}; {_seeds(seed_lists)}; "
+            f"{len(records)} {_plural(len(records), 'cell')}; {_seeds(seed_lists)}; "
             f"device {', '.join(devices)}{on_cores}; wall time of all cells {wall / 60:.1f} min.",
         ]
         reused = [r for r in records if r["reused_from"]]
@@ -366,7 +368,8 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
     env = environment()
     command = " ".join(sys.argv)
     provenance = (
-        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} {_cores(env['cpu_cores'])}, {env['backend']} "
+        f"\nMachine: {env['cpu_model']}, {env['cpu_cores']} {_plural(env['cpu_cores'], 'core')}, "
+        f"{env['backend']} "
         f"({env['device_kind']}); jax {env['jax']}, flax {env['flax']}, optax {env['optax']}, "
         f"python {env['python']}. Command: `{command}`.\n"
     )
