@@ -298,8 +298,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def _seeds(seed_lists: list[tuple[int, ...]]) -> str:
-    """'seed 2' for one seed, 'seeds 2, 3, 4' otherwise; several lists separated by ' / '."""
-    if seed_lists == [(seed_lists[0][0],)]:
+    """'seed 2 (...)' for one seed, 'seeds 2, 3, 4' otherwise; several lists separated by ' / '."""
+    if len(seed_lists) == 1 and len(seed_lists[0]) == 1:
         return f"seed {seed_lists[0][0]} (one seed: means without SEM)"
     return "seeds " + " / ".join(", ".join(map(str, s)) for s in seed_lists)
 
@@ -433,11 +433,11 @@ def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
         means = [rows[m]["mean"] if m in rows else np.nan for m in labels]
         sems = [rows[m]["sem"] if m in rows else 0 for m in labels]
         ax.bar(x, means, width, yerr=sems, label=SCENARIO_NAMES[s])
-        pubs = [
-            rows[m]["published_mean"] if m in rows and rows[m]["published_mean"] is not None else np.nan
-            for m in labels
-        ]
         if any_published:
+            pubs = [
+                rows[m]["published_mean"] if m in rows and rows[m]["published_mean"] is not None else np.nan
+                for m in labels
+            ]
             label = "published" if k == 0 else None
             ax.scatter(x, pubs, marker="_", s=200, color="black", zorder=3, label=label)
     ax.set_xticks(np.arange(len(labels)) + width * (len(scenarios) - 1) / 2, labels, rotation=30, ha="right")
