@@ -53,18 +53,17 @@ class Checkpoints:
             raise OSError(f"could not write the checkpoint to {self.directory}: {err}") from err
 
     def restore(self, state_like: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """The latest checkpoint as (contexts done, state, progress), or None if there is none."""
+        """The latest checkpoint as (contexts done, state, progress), or None if there is none.
+
+        The config is compared before the state is read, so a checkpoint of other settings is named as such;
+        a state of another layout (from an earlier cljax, say) is a ConfigError, not an orbax traceback.
+        """
         step = self.manager.latest_step()
         if step is None:
             return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
-            ),
+        progress = dict(
+            self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
         )
-        progress = dict(restored["progress"])
         saved_config = progress.pop("config")
         if saved_config != self.config:
             changed = sorted(
@@ -75,6 +74,17 @@ class Checkpoints:
                 f"({', '.join(f'{k}: {saved_config.get(k)!r} -> {self.config.get(k)!r}' for k in changed)}); "
                 "rerun with the same settings or use another --checkpoint-dir"
             )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )
+        except ValueError as err:  # orbax: the saved tree and this state differ in names or shapes
+            detail = str(err).splitlines()[0].rstrip(":")
+            raise ConfigError(
+                f"resume: the state saved in {self.directory} does not fit this version's ({detail}); it was "
+                "probably saved by another cljax version: start the run again in a new --checkpoint-dir"
+            ) from err
         return step, restored["state"], progress
 
     def close(self) -> None:

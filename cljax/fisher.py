@@ -7,10 +7,10 @@ the squared gradient of the log-likelihood::
 
 (EWC's "labels weighted by predicted probabilities", NMI-2022). The reference computes it with a data
 loader of batch size 1 and one backward pass per sample and label. Here the samples are processed in
-chunks with ``lax.scan`` and, for every dense layer ``y = a @ W + b`` (the cljax ``Linear``), the per-sample
+chunks with ``lax.scan`` and, for every dense layer ``y = a @ W.T + b`` (the cljax ``Linear``), the per-sample
 gradients are never formed: the gradient of sample n and label y is ``a_n (x) delta_ny`` (delta = the
 gradient at the layer's output), so the sum of its squares is the matrix product
-``(a**2).T @ (sum_y p_ny delta_ny**2)``. Layers of any other kind (convolutions, shared layers) take the
+``(sum_y p_ny delta_ny**2).T @ a**2``. Layers of any other kind (convolutions, shared layers) take the
 general route: per-sample gradients with ``jax.vmap``, summed chunk by chunk. Both give the same numbers.
 """
 
@@ -74,7 +74,7 @@ def _factored_layers(model: nn.Module, params: Params, x: jax.Array) -> dict[str
         if key[-1] != _TAP:
             continue
         path = key[:-1]
-        leaf = traverse_util.flatten_dict(params["params"]).get((*path, "kernel"))
+        leaf = traverse_util.flatten_dict(params["params"]).get((*path, "weight"))
         if len(calls) == 1 and calls[0].ndim == 2 and leaf is not None and leaf.ndim == 2:
             layers["/".join(path)] = path
     return layers
@@ -145,7 +145,7 @@ def diagonal_fisher(
     def factored_forward(x):
         """Logits, the pullback to every factored layer's output, and those layers' inputs."""
         zeros = {
-            name: jnp.zeros((x.shape[0], flat[("params", *path, "kernel")].shape[1]), x.dtype)
+            name: jnp.zeros((x.shape[0], flat[("params", *path, "weight")].shape[0]), x.dtype)
             for name, path in factored.items()
         }
         return jax.vjp(lambda e: logits_fn(params, x, e), zeros, has_aux=True)
@@ -155,7 +155,7 @@ def diagonal_fisher(
         out = {}
         for name, path in factored.items():
             d2 = jnp.einsum("bk,kbo->bo", weights, jnp.square(deltas[name]))
-            out[("params", *path, "kernel")] = jnp.square(inputs[name]).T @ d2
+            out[("params", *path, "weight")] = d2.T @ jnp.square(inputs[name])
             if ("params", *path, "bias") in flat:
                 out[("params", *path, "bias")] = d2.sum(0)
         return out

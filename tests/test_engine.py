@@ -90,8 +90,10 @@ def test_scan_equals_stepping_in_a_python_loop(tiny_data):
     state = state0
     for k in jax.random.split(step_key, 6):
         state, _ = strategy.step(state, exp.images, stream, context, k)
+    # Compiled and eager dots round differently, and Adam turns a rounding difference in a near-zero
+    # gradient into a weight change of up to ~1e-6; a wrong key or step order moves weights by ~lr = 1e-3.
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), scanned.params, state.params
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), scanned.params, state.params
     )
 
 

@@ -101,17 +101,17 @@ def test_fisher_of_softmax_regression_equals_closed_form():
         lambda p: [diagonal_fisher(model, p, load, 3, mask, lab, factor_dense=f) for lab, f in cases]
     )(params)
 
-    w, b = (np.asarray(params["params"]["Linear_0"][name], np.float64) for name in ("kernel", "bias"))
+    w, b = (np.asarray(params["params"]["Linear_0"][name], np.float64) for name in ("weight", "bias"))
     xs, ys = np.asarray(x, np.float64)[:21], np.asarray(y)[:21]
-    z = np.where(np.asarray(mask), xs @ w + b, -np.inf)
+    z = np.where(np.asarray(mask), xs @ w.T + b, -np.inf)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     for (labels, _), fisher in zip(cases, fishers, strict=True):
         per_unit = p * (1 - p) if labels == "all" else (p - np.eye(k)[ys]) ** 2
         got = fisher["params"]["Linear_0"]
         np.testing.assert_allclose(got["bias"], per_unit.mean(0), rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(got["kernel"], (xs**2).T @ per_unit / 21, rtol=1e-4, atol=1e-7)
-        assert np.all(np.asarray(got["kernel"])[:, 3] == 0)  # the inactive unit
+        np.testing.assert_allclose(got["weight"], per_unit.T @ xs**2 / 21, rtol=1e-4, atol=1e-7)
+        assert np.all(np.asarray(got["weight"])[3] == 0)  # the inactive unit
 
 
 def test_fisher_factored_and_per_sample_routes_agree_on_an_mlp():
@@ -147,8 +147,8 @@ def test_context_fisher_skips_padding_and_subsamples_without_replacement():
 
     everything, three, seven, ones = fishers(jax.random.key(5))
     x = np.asarray(inputs(images, stream, 0)).reshape(3, -1)
-    w, b = (np.asarray(params["params"]["Linear_0"][k]) for k in ("kernel", "bias"))
-    z = x @ w + b
+    w, b = (np.asarray(params["params"]["Linear_0"][k]) for k in ("weight", "bias"))
+    z = x @ w.T + b
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(everything["params"]["Linear_0"]["bias"], (p * (1 - p)).mean(0), rtol=1e-4)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import cljax
+from cljax.checkpoint import Checkpoints
 from cljax.cli import main
 from tests.conftest import SHARED_DATA
 
@@ -96,6 +97,18 @@ def test_nan_keeps_the_last_good_checkpoint_and_writes_no_results(tiny_data, tmp
         cljax.execute(exp, quiet=True, checkpoint_dir=tmp_path / "ckpt")
     steps = sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit())
     assert steps[-1] == 2  # contexts 1 and 2 are safe; nothing of the broken context 3 was saved
+
+
+def test_resuming_a_state_of_another_layout_says_so(tmp_path):
+    config = {"strategy": "none"}
+    old = Checkpoints(tmp_path, config, resume=False)
+    old.save(1, {"layer": {"kernel": np.zeros((3, 2), np.float32)}}, {"rows": []})
+    old.close()
+    new = Checkpoints(tmp_path, config, resume=True)
+    with pytest.raises(cljax.ConfigError, match="another cljax version.*new --checkpoint-dir"):
+        new.restore({"layer": {"weight": np.zeros((2, 3), np.float32)}})
+    new.close()
+    assert (tmp_path / "1").is_dir()  # the saved run is left as it was
 
 
 def test_a_used_checkpoint_folder_needs_resume(tiny_data, tmp_path):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.models.layers import Linear, torch_uniform
+from cljax.models.layers import Linear
 
 GENERATORS: tuple[str, ...] = ("vae", "gan")
 
@@ -31,17 +31,6 @@ GENERATORS: tuple[str, ...] = ("vae", "gan")
 VAE_LR = 1e-3
 GAN_LR = 2e-4
 GAN_BETA1 = 0.5
-
-
-class LinearNoBias(nn.Module):
-    """Dense layer without bias, torch.nn.Linear init (the reference's log-variance layer has no bias)."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1]
-        return x @ self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
 
 
 def _pixels(input_shape: Sequence[int]) -> int:
@@ -62,7 +51,7 @@ class VAE(nn.Module):
     def setup(self) -> None:
         self.encoder = [Linear(w) for w in self.hidden]
         self.to_mean = Linear(self.z_dim)
-        self.to_logvar = LinearNoBias(self.z_dim)
+        self.to_logvar = Linear(self.z_dim, use_bias=False)  # the reference has no bias here
         self.decoder = [Linear(w) for w in reversed(self.hidden)]
         self.to_pixels = Linear(_pixels(self.input_shape))
 
@@ -107,7 +96,7 @@ class CondVAE(nn.Module):
         self.encoder = [Linear(w) for w in self.hidden]
         self.head = Linear(self.n_classes)
         self.to_mean = Linear(self.z_dim)
-        self.to_logvar = LinearNoBias(self.z_dim)
+        self.to_logvar = Linear(self.z_dim, use_bias=False)  # the reference has no bias here
         widths = list(reversed(self.hidden))
         self.decoder = [Linear(w) for w in widths]
         self.to_pixels = Linear(_pixels(self.input_shape))

@@ -1,0 +1,129 @@
+"""Time cljax's training step with torch's (out, in) Linear weights against Flax's (in, out) kernels.
+
+cljax's :class:`~cljax.models.layers.Linear` keeps its weight as torch.nn.Linear does, (out, in), and
+computes ``x @ w.T``. This script builds each strategy's compiled context program twice, once with that
+layer and once with an otherwise identical (in, out) layer, and times them alternately in one process
+(the order flips every repeat, so a machine that slows down affects both alike). Both start from the
+same initial values. It prints the medians and their ratio and writes them to
+``results/linear_layout.json``.
+
+    python benchmarks/linear_layout.py --strategies none,dgr --repeats 8 --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import cljax.models.classifiers
+import cljax.models.generators
+from cljax.compilation import compile_lowered
+from cljax.config import RunConfig
+from cljax.engine import environment, prepare
+from cljax.models.layers import torch_uniform
+
+
+class InOutLinear(nn.Module):
+    """cljax's Linear with Flax's (in, out) kernel: the same values, ``x @ kernel + b``."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        y = x @ self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
+        return y
+
+
+@contextmanager
+def in_out_layers():
+    """Build models with :class:`InOutLinear` wherever cljax's models use ``Linear``."""
+    modules = (cljax.models.classifiers, cljax.models.generators)
+    saved = [m.Linear for m in modules]
+    for m in modules:
+        m.Linear = InOutLinear
+    try:
+        yield
+    finally:
+        for m, linear in zip(modules, saved, strict=True):
+            m.Linear = linear
+
+
+def context_program(strategy: str, iters: int, data_dir: str | None):
+    """The compiled one-seed program of a split-MNIST Class-IL context, its inputs and a context index."""
+    exp = prepare(
+        RunConfig(
+            benchmark="split-mnist",
+            scenario="class",
+            strategy=strategy,
+            seeds=1,
+            iters=iters,
+            data_dir=data_dir,
+        )
+    )
+    programs = exp.programs()
+    keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
+    state = jax.jit(programs["init"])(keys, exp.images, exp.streams)
+    context = jnp.asarray(1, jnp.int32)  # the second context: replaying strategies replay
+    train = compile_lowered(jax.jit(programs["train"]).lower(state, exp.images, exp.streams, context, keys))
+    return train, (state, exp.images, exp.streams, context, keys)
+
+
+def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> dict:
+    """Alternating timings of both layouts; milliseconds per iteration."""
+    with in_out_layers():
+        in_out = context_program(strategy, iters, data_dir)
+    programs = {"out_in": context_program(strategy, iters, data_dir), "in_out": in_out}
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    for r in range(repeats):
+        for name in list(programs)[:: 1 if r % 2 == 0 else -1]:
+            train, args = programs[name]
+            start = time.perf_counter()
+            jax.block_until_ready(train(*args))
+            times[name].append((time.perf_counter() - start) / iters * 1e3)
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    return {
+        "iters": iters,
+        "ms_per_iter": medians,
+        "all_ms_per_iter": times,
+        "ratio_out_in_over_in_out": medians["out_in"] / medians["in_out"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategies", default="none,dgr")
+    parser.add_argument("--iters", type=int, default=None, help="per timing (default: none 1000, others 300)")
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "linear_layout.json"))
+    args = parser.parse_args()
+    results = {}
+    for strategy in args.strategies.split(","):
+        iters = args.iters or (1000 if strategy == "none" else 300)
+        results[strategy] = r = measure(strategy, iters, args.repeats, args.data_dir)
+        ms = r["ms_per_iter"]
+        print(
+            f"{strategy}: (out, in) {ms['out_in']:.3f} ms/iter, (in, out) {ms['in_out']:.3f} ms/iter, "
+            f"ratio {r['ratio_out_in_over_in_out']:.3f} (medians of {args.repeats})"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"repeats": args.repeats, "results": results, "environment": environment()}
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
