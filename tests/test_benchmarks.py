@@ -208,3 +208,23 @@ def test_machine_slug_and_flops():
     # forward 2B(784*400 + 400*400 + 400*10); weight gradients as much; input gradients of layers 2 and 3
     assert bench.mlp_step_flops(128, 10) == 2 * 128 * (2 * 477_600 + 164_000)
     assert bench.mlp_step_flops(128, 2) < bench.mlp_step_flops(128, 10)
+
+
+def test_layout_benchmark_compares_the_same_network():
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.linear_layout import in_out_layers
+    from cljax.models import make_classifier
+
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    with in_out_layers():  # the modules pick their layers when they are initialised or applied
+        in_out = make_classifier("mlp", 10)
+        p_in_out = in_out.init(jax.random.key(1), x)
+        y_in_out = in_out.apply(p_in_out, x)
+    out_in = make_classifier("mlp", 10)
+    p_out_in = out_in.init(jax.random.key(1), x)
+    for name in ("layers_0", "layers_1", "head"):
+        kernel, weight = p_in_out["params"][name]["kernel"], p_out_in["params"][name]["weight"]
+        np.testing.assert_array_equal(kernel, jnp.transpose(weight))
+    np.testing.assert_allclose(y_in_out, out_in.apply(p_out_in, x), rtol=1e-5, atol=1e-6)
