@@ -22,8 +22,8 @@ def torch_uniform(fan_in: int):
 def torch_weight(fan_in: int):
     """:func:`torch_uniform` for a weight of torch's shape (out, in).
 
-    The values are drawn in Flax's (in, out) order and transposed, so a seed gives the same network as
-    cljax's earlier (in, out) layout did and the published tables stay reproducible.
+    The values are drawn in Flax's (in, out) order and transposed, so a seed starts from the same network
+    as with cljax's earlier (in, out) layout (training may then round differently).
     """
     uniform = torch_uniform(fan_in)
 
