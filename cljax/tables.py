@@ -308,13 +308,13 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
     """The table as markdown: measured mean +- SEM, the published value and the difference per cell."""
     by_cell = {(r["method"], r["scenario"]): r for r in records}
     scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in records)]
-    lines = [
-        f"## {table.title}",
-        "",
-        f"Published values: {table.source}. Cells marked ⚠ differ from the published "
-        "mean by more than max(2, 3 SEM x sqrt(20 / seeds)).",
-        "",
-    ]
+    compared = [r for r in records if r["published_mean"] is not None]
+    source = f"Published values: {table.source}."
+    if compared:
+        source += (
+            " Cells marked ⚠ differ from the published mean by more than max(2, 3 SEM x sqrt(20 / seeds))."
+        )
+    lines = [f"## {table.title}", "", source, ""]
     lines.append("| method | " + " | ".join(SCENARIO_NAMES[s] for s in scenarios) + " |")
     lines.append("| --- |" + " --- |" * len(scenarios))
     for method in table.methods:
@@ -332,7 +332,6 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
             cells.append(text)
         if any(c != "-" for c in cells):
             lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
-    compared = [r for r in records if r["published_mean"] is not None]
     if compared:
         ok = sum(not r["flagged"] for r in compared)
         lines += ["", f"{ok} of {len(compared)} cells with a published value are within tolerance."]

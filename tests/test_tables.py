@@ -41,8 +41,18 @@ def test_summary_says_how_many_cores_each_cell_ran_on():
     assert "2 cells; seed 2 (one seed: means without SEM); device cpu (1 CPU core per cell); " in one
     assert "wall time of all cells 3.0 min." in one
     assert "| None | 50.00 | 50.00 |" in one, "one seed has no SEM to show"
+    assert "⚠" not in one, "no published value, so no tolerance rule to state"
     mixed = markdown(table, [_record("none", "task", 2), _record("none", "class", 1)])
     assert "(1 or 2 CPU cores per cell)" in mixed
+
+
+def test_the_tolerance_rule_is_stated_where_a_cell_is_compared():
+    published = {"published_mean": 19.89, "published_sem": 0.02, "difference": 30.11, "tolerance": 2.0}
+    far = _record("none", "class", 2) | published | {"flagged": True}
+    text = markdown(TABLES["nmi2022-split-mnist"], [far])
+    assert "Cells marked ⚠ differ from the published mean" in text
+    assert "| None | 50.00 (pub. 19.89, +30.11) ⚠ |" in text
+    assert "0 of 1 cells with a published value are within tolerance." in text
 
 
 def test_cells_of_several_seeds_show_mean_and_sem():
