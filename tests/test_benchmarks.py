@@ -228,3 +228,58 @@ def test_layout_benchmark_compares_the_same_network():
         kernel, weight = p_in_out["params"][name]["kernel"], p_out_in["params"][name]["weight"]
         np.testing.assert_array_equal(kernel, jnp.transpose(weight))
     np.testing.assert_allclose(y_in_out, out_in.apply(p_out_in, x), rtol=1e-5, atol=1e-6)
+
+
+def _step_dots(tiny_data, strategy: str):
+    from benchmarks.matmul_floor import step_dots
+    from cljax.config import RunConfig
+    from cljax.engine import prepare
+
+    config = RunConfig(benchmark="split-mnist", scenario="class", strategy=strategy, seeds=1, iters=2)
+    return step_dots(prepare(config, tiny_data))
+
+
+def test_matmul_floor_finds_every_product_of_the_none_step(tiny_data):
+    dots = _step_dots(tiny_data, "none")
+    assert dots["first"] == dots["later"], "fine-tuning has no branch on the context"
+    assert len(dots["later"]) == 8  # forward 3, weight gradients 3, input gradients of layers 2 and 3
+    assert sum(d.flops for d in dots["later"]) == bench.mlp_step_flops(128, 10)
+    first_layer = [d for d in dots["later"] if d.lhs == (128, 784) and d.rhs == (400, 784)]
+    assert [d.dimension_numbers for d in first_layer] == [(((1,), (1,)), ((), ()))], (
+        "x @ w.T is read with w in its stored (out, in) layout, as XLA compiles it"
+    )
+
+
+def test_matmul_floor_counts_dgr_with_and_without_replay(tiny_data):
+    dots = _step_dots(tiny_data, "dgr")
+    mlp = 784 * 400 + 400 * 400 + 400 * 10  # multiply-adds per sample, forward
+    vae = 784 * 400 + 400 * 400 + 2 * 400 * 100 + 100 * 400 + 400 * 400 + 400 * 784
+    decoder = 100 * 400 + 400 * 400 + 400 * 784
+    no_input_grad = 784 * 400  # neither network needs the gradient of its input
+    first = 128 * (3 * mlp - no_input_grad) + 128 * (3 * vae - no_input_grad)
+    later = (
+        256 * (3 * mlp - no_input_grad)  # classifier on 128 current + 128 replayed samples
+        + 128 * mlp  # the frozen classifier labels the replay
+        + 256 * (3 * vae - no_input_grad)  # the VAE on the same 256
+        + 128 * decoder  # the frozen decoder generates the replay
+    )
+    assert sum(d.flops for d in dots["first"]) == 2 * first
+    assert sum(d.flops for d in dots["later"]) == 2 * later
+
+
+def test_dot_flops_count_batch_dimensions():
+    from benchmarks.matmul_floor import Dot
+
+    batched = Dot((5, 128, 400), (5, 10, 400), "float32", (((2,), (2,)), ((0,), (0,))))
+    assert batched.flops == 2 * 5 * 128 * 10 * 400
+
+
+def test_a_timed_product_computes_the_whole_product():
+    from jax import lax
+
+    from benchmarks.matmul_floor import Dot, dot_program
+
+    dot = Dot((6, 5), (4, 5), "float32", (((1,), (1,)), ((), ())))
+    program, (a, b) = dot_program(dot, length=3)
+    _, c = program(a, b)
+    np.testing.assert_allclose(c, lax.dot_general(a, b, dot.dimension_numbers), rtol=1e-6)
