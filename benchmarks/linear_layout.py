@@ -7,7 +7,7 @@ layer and once with an otherwise identical (in, out) layer, and times them alter
 same initial values. It prints the medians and their ratio and writes them to
 ``results/linear_layout.json``.
 
-    python benchmarks/linear_layout.py --strategies none,dgr --repeats 8 --data-dir ../shared/data
+    python -m benchmarks.linear_layout --strategies none,dgr --repeats 8 --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import cljax.models.classifiers
 import cljax.models.generators
-from cljax.compilation import compile_lowered
-from cljax.config import RunConfig
-from cljax.engine import environment, prepare
+from benchmarks.context_program import compiled_context, split_mnist
+from cljax.engine import environment
 from cljax.models.layers import torch_uniform
 
 
@@ -61,23 +59,10 @@ def in_out_layers():
 
 
 def context_program(strategy: str, iters: int, data_dir: str | None):
-    """The compiled one-seed program of a split-MNIST Class-IL context, its inputs and a context index."""
-    exp = prepare(
-        RunConfig(
-            benchmark="split-mnist",
-            scenario="class",
-            strategy=strategy,
-            seeds=1,
-            iters=iters,
-            data_dir=data_dir,
-        )
-    )
-    programs = exp.programs()
-    keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
-    state = jax.jit(programs["init"])(keys, exp.images, exp.streams)
-    context = jnp.asarray(1, jnp.int32)  # the second context: replaying strategies replay
-    train = compile_lowered(jax.jit(programs["train"]).lower(state, exp.images, exp.streams, context, keys))
-    return train, (state, exp.images, exp.streams, context, keys)
+    """The compiled one-seed program of a split-MNIST Class-IL context and its inputs for the second
+    context, where replaying strategies replay."""
+    train, args = compiled_context(split_mnist(strategy, iters, data_dir))
+    return train, args[1]
 
 
 def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> dict:

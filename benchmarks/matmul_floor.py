@@ -12,7 +12,7 @@ A ``lax.cond`` counts with its costliest branch for the steady state (DGR replay
 context on) and with its cheapest for the first context. All timings alternate in one process, so
 a host that slows down slows every measurement alike; the figures are medians.
 
-    python benchmarks/matmul_floor.py --strategies none,dgr --data-dir ../shared/data
+    python -m benchmarks.matmul_floor --strategies none,dgr --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
+from benchmarks.context_program import compiled_context, split_mnist
 from cljax.compilation import compile_lowered
 from cljax.config import RunConfig
 from cljax.data import Dataset
-from cljax.engine import Experiment, environment, prepare
+from cljax.engine import Experiment, environment
 
 
 class Dot(NamedTuple):
@@ -149,19 +150,6 @@ def dot_program(dot: Dot, length: int):
     return compile_lowered(jax.jit(repeated).lower(a, b)), (a, b)
 
 
-def context_program(exp: Experiment):
-    """The engine's compiled one-seed context program and its inputs for contexts 0 and 1."""
-    programs = exp.programs()
-    keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
-    state = jax.jit(programs["init"])(keys, exp.images, exp.streams)
-    c0, c1 = jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32)
-    train = compile_lowered(jax.jit(programs["train"]).lower(state, exp.images, exp.streams, c0, keys))
-    return train, {
-        "first": (state, exp.images, exp.streams, c0, keys),
-        "later": (state, exp.images, exp.streams, c1, keys),
-    }
-
-
 def _time(program, args) -> float:
     start = time.perf_counter()
     jax.block_until_ready(program(*args))
@@ -172,26 +160,16 @@ def measure(
     strategy: str, iters: int, dot_length: int, repeats: int, data_dir: str | None, dataset: Dataset | None
 ) -> dict[str, Any]:
     """Step times and matmul floors of one strategy (split MNIST, Class-IL, one seed), in milliseconds."""
-    exp = prepare(
-        RunConfig(
-            benchmark="split-mnist",
-            scenario="class",
-            strategy=strategy,
-            seeds=1,
-            iters=iters,
-            data_dir=data_dir,
-        ),
-        dataset,
-    )
+    exp = split_mnist(strategy, iters, data_dir, dataset)
     dots = step_dots(exp)
     distinct = sorted(set(dots["first"]) | set(dots["later"]), key=lambda d: -d.flops)
-    train, args = context_program(exp)
+    train, args = compiled_context(exp)
     dot_programs = {d: dot_program(d, dot_length) for d in distinct}
     step_s: dict[str, list[float]] = {"first": [], "later": []}
     dot_s: dict[Dot, list[float]] = {d: [] for d in distinct}
     for r in range(repeats):
         for phase in ("first", "later")[:: 1 if r % 2 == 0 else -1]:
-            step_s[phase].append(_time(train, args[phase]) / iters)
+            step_s[phase].append(_time(train, args[0 if phase == "first" else 1]) / iters)
         for d in distinct[:: 1 if r % 2 == 0 else -1]:
             dot_s[d].append(_time(*dot_programs[d]) / dot_length)
     dot_ms = {d: 1e3 * float(np.median(t)) for d, t in dot_s.items()}
