@@ -105,6 +105,9 @@ def cljax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         jax.config.update("jax_default_matmul_precision", "highest")
     import cljax
     from cljax.data import Dataset
+    from cljax.devices import use_host_devices
+
+    use_host_devices(spec["seeds"])  # as the command line does: seeds side by side on the cores
 
     ns = load_npz(spec["data"])
     dataset = Dataset("mnist", ns.train_x, ns.train_y, ns.test_x, ns.test_y, 10)
@@ -126,6 +129,7 @@ def cljax_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "wall_seconds": wall,
         "final_acc": res.mean,
         "final_acc_per_seed": res.final_avg_acc,
+        "seed_devices": res.environment["seed_devices"],
         "backend": jax.default_backend(),
         "device_name": jax.devices()[0].device_kind,
         "versions": {"jax": jax.__version__, "cljax": cljax.__version__},

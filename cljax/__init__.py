@@ -2,6 +2,7 @@
 
 from cljax.compilation import enable_compilation_cache
 from cljax.config import ConfigError, RunConfig
+from cljax.devices import use_host_devices
 from cljax.engine import Experiment, NonFiniteLossError, execute, prepare, run
 from cljax.results import RunResult
 
@@ -17,4 +18,5 @@ __all__ = [
     "execute",
     "prepare",
     "run",
+    "use_host_devices",
 ]

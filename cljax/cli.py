@@ -196,6 +196,13 @@ def _compile_cache(args: argparse.Namespace) -> None:
         enable_compilation_cache()
 
 
+def _seed_devices(n_seeds: int) -> None:
+    """Spread the seeds over host devices (cljax.devices); called before JAX runs anything."""
+    from cljax.devices import use_host_devices
+
+    use_host_devices(n_seeds)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from cljax.engine import run
     from cljax.results import write_json
@@ -203,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = _configs(args)
     _check_output(args.out, args.overwrite)
     _compile_cache(args)
+    _seed_devices(max(len(c.seed_list) for c in configs))
     results = []
     for config in configs:
         checkpoint_dir = args.checkpoint_dir
@@ -252,6 +260,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.name not in TABLES:
         raise ConfigError(f"table: unknown table {args.name!r}; choose one of: {', '.join(TABLES)}")
     _compile_cache(args)
+    _seed_devices(args.seeds or TABLES[args.name].seeds)
     split = lambda text: [t.strip() for t in text.split(",")] if text else None  # noqa: E731
     summary = run_table(
         TABLES[args.name],

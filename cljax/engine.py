@@ -2,7 +2,8 @@
 
 Each context's training is a single XLA program: ``lax.scan`` over ``strategy.step`` followed by
 ``strategy.end_context``, mapped over seeds. Programs are compiled ahead of time, once per run, and the
-context index is an argument, so every context and every seed reuses the same executable.
+context index is an argument, so every context and every seed reuses the same executable. Where JAX has
+several CPU devices, the seed axis is sharded over them (:mod:`cljax.devices`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cljax.checkpoint import Checkpoints
 from cljax.compilation import compile_all, over_seeds
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
+from cljax.devices import placer, seed_sharding
 from cljax.images import grid, write_png
 from cljax.logs import MetricsLog
 from cljax.losses import accuracy_counts
@@ -222,31 +224,38 @@ def execute(
         raise ConfigError("resume: needs --checkpoint-dir, the folder of the run to continue")
     checkpoints = Checkpoints(checkpoint_dir, cfg.to_dict(), resume) if checkpoint_dir is not None else None
     wall_start = time.perf_counter()
-    base_keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
+    by_seed = seed_sharding(len(exp.seeds))
+    place = placer(by_seed)
+    images, streams = place(exp.images, whole=True), place(exp.streams)
+    base_keys = place(jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32)))
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
 
     def context_keys(c: int) -> jax.Array:
-        return jax.vmap(lambda k: jax.random.fold_in(k, c + 1))(base_keys)
+        return place(jax.vmap(lambda k: jax.random.fold_in(k, c + 1))(base_keys))
+
+    def context_index(c: int) -> jax.Array:
+        return place(jnp.asarray(c, jnp.int32), whole=True)
 
     progs = exp.programs()
     t0 = time.perf_counter()
-    init_jit = jax.jit(progs["init"])
-    state_shapes = jax.eval_shape(init_jit, init_keys, exp.images, exp.streams)
-    c0 = jnp.asarray(0, jnp.int32)
+    sharded = {} if by_seed is None else {"out_shardings": by_seed}
+    init_jit = jax.jit(progs["init"], **sharded)
+    state_shapes = jax.eval_shape(init_jit, init_keys, images, streams)  # with the seed sharding, if any
+    c0 = context_index(0)
     init, train, evaluate_all = compile_all(
         [
-            init_jit.lower(init_keys, exp.images, exp.streams),
-            jax.jit(progs["train"], donate_argnums=0).lower(
-                state_shapes, exp.images, exp.streams, c0, context_keys(0)
+            init_jit.lower(init_keys, images, streams),
+            jax.jit(progs["train"], donate_argnums=0, **sharded).lower(
+                state_shapes, images, streams, c0, context_keys(0)
             ),
-            jax.jit(progs["evaluate"]).lower(state_shapes, exp.images, exp.streams, c0),
+            jax.jit(progs["evaluate"], **sharded).lower(state_shapes, images, streams, c0),
         ]
     )
     compile_seconds = time.perf_counter() - t0
-    states = init(init_keys, exp.images, exp.streams)
+    states = init(init_keys, images, streams)
 
     progress = {
-        "initial": np.asarray(evaluate_all(states, exp.images, exp.streams, c0)).tolist(),
+        "initial": np.asarray(evaluate_all(states, images, streams, c0)).tolist(),
         "rows": [],  # per context: (seeds, contexts) accuracies in [0, 1]
         "context_loss": [],  # per context: (seeds,)
         "train_seconds": 0.0,
@@ -275,13 +284,13 @@ def execute(
     )
     try:
         for c in range(start, n_ctx):
-            ctx = jnp.asarray(c, jnp.int32)
+            ctx = context_index(c)
             t = time.perf_counter()
-            states, step_metrics = train(states, exp.images, exp.streams, ctx, context_keys(c))
+            states, step_metrics = train(states, images, streams, ctx, context_keys(c))
             losses = np.asarray(step_metrics["loss"])  # (seeds, iters); also waits for the context to finish
             elapsed = time.perf_counter() - t
             _check_finite(losses, c, exp.seeds)
-            row = np.asarray(evaluate_all(states, exp.images, exp.streams, ctx))
+            row = np.asarray(evaluate_all(states, images, streams, ctx))
             progress["train_seconds"] += elapsed
             progress["rows"].append(row.tolist())
             progress["context_loss"].append(losses.mean(axis=1).tolist())
@@ -330,7 +339,7 @@ def execute(
         iterations_per_second=n_ctx * cfg.iters / train_seconds if train_seconds else 0.0,
         context_loss=np.asarray(progress["context_loss"]).T.tolist(),
         config=config_dict,
-        environment=environment(),
+        environment={**environment(), "seed_devices": 1 if by_seed is None else by_seed.mesh.size},
     )
 
 

@@ -14,6 +14,9 @@ from cljax.data import Dataset, load_dataset
 
 # The command line keeps compiled programs in the user's cache folder; the tests must not write there.
 os.environ["CLJAX_COMPILE_CACHE"] = "off"
+# The tests run on one CPU device, whatever the command line they call would ask for (cljax.devices);
+# spreading seeds over several is tested in a process of its own.
+jax.devices()
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

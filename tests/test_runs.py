@@ -57,10 +57,13 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     proc.wait()
     assert not (ckpt / "5").exists(), "the run finished before it could be killed"
 
+    # The command line spreads the seeds over host devices as the killed run did (cljax.devices), so the
+    # resumed and the uninterrupted runs are separate processes too.
     resumed = tmp_path / "resumed.json"
-    assert main(["run", *common, "--checkpoint-dir", str(ckpt), "--resume", "--out", str(resumed)]) == 0
+    cli = [sys.executable, "-m", "cljax.cli", "run", *common]
+    subprocess.run([*cli, "--checkpoint-dir", str(ckpt), "--resume", "--out", str(resumed)], check=True)
     straight = tmp_path / "straight.json"
-    assert main(["run", *common, "--out", str(straight)]) == 0
+    subprocess.run([*cli, "--out", str(straight)], check=True)
     a, b = json.loads(resumed.read_text()), json.loads(straight.read_text())
     assert a["acc_matrix"] == b["acc_matrix"]
     assert a["context_loss"] == b["context_loss"]
