@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -31,3 +32,10 @@ def compiled_context(exp: Experiment) -> tuple[jax.stages.Compiled, dict[int, tu
     state = jax.jit(programs["init"])(keys, exp.images, exp.streams)
     args = {c: (state, exp.images, exp.streams, jnp.asarray(c, jnp.int32), keys) for c in (0, 1)}
     return compile_lowered(jax.jit(programs["train"]).lower(*args[0])), args
+
+
+def seconds(program: Any, args: tuple[Any, ...]) -> float:
+    """Wall time of one call of ``program`` on ``args``, until its results are ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(program(*args))
+    return time.perf_counter() - start

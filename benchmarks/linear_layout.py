@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 import cljax.models.classifiers
 import cljax.models.generators
-from benchmarks.context_program import compiled_context, split_mnist
+from benchmarks.context_program import compiled_context, seconds, split_mnist
 from cljax.engine import environment
 from cljax.models.layers import torch_uniform
 
@@ -73,10 +72,7 @@ def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> di
     times: dict[str, list[float]] = {name: [] for name in programs}
     for r in range(repeats):
         for name in list(programs)[:: 1 if r % 2 == 0 else -1]:
-            train, args = programs[name]
-            start = time.perf_counter()
-            jax.block_until_ready(train(*args))
-            times[name].append((time.perf_counter() - start) / iters * 1e3)
+            times[name].append(seconds(*programs[name]) / iters * 1e3)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     return {
         "iters": iters,

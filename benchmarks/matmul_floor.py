@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
-from benchmarks.context_program import compiled_context, split_mnist
+from benchmarks.context_program import compiled_context, seconds, split_mnist
 from cljax.compilation import compile_lowered
 from cljax.config import RunConfig
 from cljax.data import Dataset
@@ -124,6 +123,10 @@ def step_jaxpr(exp: Experiment) -> Jaxpr:
     return jax.make_jaxpr(step)(state, jnp.asarray(1, jnp.int32), key).jaxpr
 
 
+# The context index each phase of a step is timed at: the first context, and the second for the later ones.
+PHASE_CONTEXT = {"first": 0, "later": 1}
+
+
 def step_dots(exp: Experiment) -> dict[str, list[Dot]]:
     """The products of the first context's step (cheapest branches) and of the later ones (costliest)."""
     jaxpr = step_jaxpr(exp)
@@ -150,18 +153,13 @@ def dot_program(dot: Dot, length: int):
     return compile_lowered(jax.jit(repeated).lower(a, b)), (a, b)
 
 
-def _time(program, args) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(program(*args))
-    return time.perf_counter() - start
-
-
 def measure(
     strategy: str, iters: int, dot_length: int, repeats: int, data_dir: str | None, dataset: Dataset | None
 ) -> dict[str, Any]:
     """Step times and matmul floors of one strategy (split MNIST, Class-IL, one seed), in milliseconds."""
     exp = split_mnist(strategy, iters, data_dir, dataset)
     dots = step_dots(exp)
+    counts = {phase: Counter(phase_dots) for phase, phase_dots in dots.items()}
     distinct = sorted(set(dots["first"]) | set(dots["later"]), key=lambda d: -d.flops)
     train, args = compiled_context(exp)
     dot_programs = {d: dot_program(d, dot_length) for d in distinct}
@@ -169,14 +167,13 @@ def measure(
     dot_s: dict[Dot, list[float]] = {d: [] for d in distinct}
     for r in range(repeats):
         for phase in ("first", "later")[:: 1 if r % 2 == 0 else -1]:
-            step_s[phase].append(_time(train, args[0 if phase == "first" else 1]) / iters)
+            step_s[phase].append(seconds(train, args[PHASE_CONTEXT[phase]]) / iters)
         for d in distinct[:: 1 if r % 2 == 0 else -1]:
-            dot_s[d].append(_time(*dot_programs[d]) / dot_length)
+            dot_s[d].append(seconds(*dot_programs[d]) / dot_length)
     dot_ms = {d: 1e3 * float(np.median(t)) for d, t in dot_s.items()}
     phases = {}
     for phase in ("first", "later"):
-        counts = Counter(dots[phase])
-        floor = sum(dot_ms[d] * n for d, n in counts.items())
+        floor = sum(dot_ms[d] * n for d, n in counts[phase].items())
         step = 1e3 * float(np.median(step_s[phase]))
         gflop = sum(d.flops for d in dots[phase]) / 1e9
         phases[phase] = {
@@ -204,7 +201,7 @@ def measure(
                 "gflop": d.flops / 1e9,
                 "ms": dot_ms[d],
                 "gflop_per_s": d.flops / dot_ms[d] / 1e6,
-                "per_step": {phase: Counter(dots[phase])[d] for phase in phases},
+                "per_step": {phase: counts[phase][d] for phase in phases},
             }
             for d in distinct
         ],
