@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cljax import metrics
 from cljax.batching import gather
 from cljax.checkpoint import Checkpoints
-from cljax.compilation import compile_all, over_seeds
+from cljax.compilation import Program, compile_all, over_seeds
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.devices import placer, seed_sharding
@@ -244,11 +244,13 @@ def execute(
     c0 = context_index(0)
     init, train, evaluate_all = compile_all(
         [
-            init_jit.lower(init_keys, images, streams),
-            jax.jit(progs["train"], donate_argnums=0, **sharded).lower(
-                state_shapes, images, streams, c0, context_keys(0)
+            Program(lambda: init_jit.lower(init_keys, images, streams), runs_once=True),
+            Program(
+                lambda: jax.jit(progs["train"], donate_argnums=0, **sharded).lower(
+                    state_shapes, images, streams, c0, context_keys(0)
+                )
             ),
-            jax.jit(progs["evaluate"], **sharded).lower(state_shapes, images, streams, c0),
+            Program(lambda: jax.jit(progs["evaluate"], **sharded).lower(state_shapes, images, streams, c0)),
         ]
     )
     compile_seconds = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cljax
-from cljax.compilation import enable_compilation_cache
+from cljax.compilation import compile_lowered, compiler_options, enable_compilation_cache
 from cljax.engine import NonFiniteLossError, train_context
 from cljax.strategies import get_strategy
 
@@ -51,6 +51,22 @@ def test_a_repeated_run_loads_its_programs_from_the_disk_cache(tiny_data, disk_c
     assert len(hits) >= 3  # init, train and evaluate: loaded, not compiled
     assert {p.name for p in folder.iterdir()} == stored
     assert second.acc_matrix == first.acc_matrix and second.environment["compilation_cache"]
+
+
+@pytest.mark.parametrize("strategy", ["none", "dgr"])
+def test_the_quickly_compiled_initialisation_gives_the_same_state(tiny_data, strategy):
+    """init runs once, so it compiles with fewer optimisations; the networks it draws must not change."""
+    assert compiler_options(runs_once=True) != compiler_options()
+    config = cljax.RunConfig(strategy=strategy, scenario="class", seeds=2, iters=5, batch_size=8)
+    exp = cljax.prepare(config, dataset=tiny_data)
+    keys = jax.vmap(jax.random.key)(jax.numpy.asarray(exp.seeds, dtype=jax.numpy.uint32))
+    lowered = jax.jit(exp.programs()["init"]).lower(keys, exp.images, exp.streams)
+    quick, optimised = (
+        compile_lowered(lowered, runs_once)(keys, exp.images, exp.streams) for runs_once in (True, False)
+    )
+    assert jax.tree.structure(quick) == jax.tree.structure(optimised)
+    for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(optimised), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("active", ["all", "seen"])
