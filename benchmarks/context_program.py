@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,8 +35,29 @@ def compiled_context(exp: Experiment) -> tuple[jax.stages.Compiled, dict[int, tu
     return compile_lowered(jax.jit(programs["train"]).lower(*args[0])), args
 
 
+def second_context(exp: Experiment) -> tuple[jax.stages.Compiled, tuple[Any, ...]]:
+    """The compiled context program with its inputs for the second context, where replaying strategies
+    replay (the first has nothing to replay)."""
+    train, args = compiled_context(exp)
+    return train, args[1]
+
+
 def seconds(program: Any, args: tuple[Any, ...]) -> float:
     """Wall time of one call of ``program`` on ``args``, until its results are ready."""
     start = time.perf_counter()
     jax.block_until_ready(program(*args))
     return time.perf_counter() - start
+
+
+def alternate(
+    programs: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]], iters: int, repeats: int
+) -> dict[str, list[float]]:
+    """Milliseconds per iteration of each ``(program, args)``, timed in turn ``repeats`` times.
+
+    The order flips every repeat, so a machine that slows down for a while slows every variant alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in programs}
+    for r in range(repeats):
+        for name in list(programs)[:: 1 if r % 2 == 0 else -1]:
+            times[name].append(seconds(*programs[name]) / iters * 1e3)
+    return times

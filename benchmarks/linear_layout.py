@@ -23,7 +23,7 @@ import numpy as np
 
 import cljax.models.classifiers
 import cljax.models.generators
-from benchmarks.context_program import compiled_context, seconds, split_mnist
+from benchmarks.context_program import alternate, second_context, split_mnist
 from cljax.engine import environment
 from cljax.models.layers import torch_uniform
 
@@ -57,22 +57,12 @@ def in_out_layers():
             m.Linear = linear
 
 
-def context_program(strategy: str, iters: int, data_dir: str | None):
-    """The compiled one-seed program of a split-MNIST Class-IL context and its inputs for the second
-    context, where replaying strategies replay."""
-    train, args = compiled_context(split_mnist(strategy, iters, data_dir))
-    return train, args[1]
-
-
 def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> dict:
     """Alternating timings of both layouts; milliseconds per iteration."""
     with in_out_layers():
-        in_out = context_program(strategy, iters, data_dir)
-    programs = {"out_in": context_program(strategy, iters, data_dir), "in_out": in_out}
-    times: dict[str, list[float]] = {name: [] for name in programs}
-    for r in range(repeats):
-        for name in list(programs)[:: 1 if r % 2 == 0 else -1]:
-            times[name].append(seconds(*programs[name]) / iters * 1e3)
+        in_out = second_context(split_mnist(strategy, iters, data_dir))
+    programs = {"out_in": second_context(split_mnist(strategy, iters, data_dir)), "in_out": in_out}
+    times = alternate(programs, iters, repeats)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     return {
         "iters": iters,

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from cljax import metrics
+from cljax import metrics, optim
 from cljax.batching import gather
 from cljax.checkpoint import Checkpoints
 from cljax.compilation import Program, compile_all, over_seeds
@@ -117,8 +117,8 @@ class Experiment:
 
 
 def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
-    """Adam (0.9, 0.999), as in the reference; one optimizer for the whole run, never reset."""
-    return optax.adam(config.lr, b1=0.9, b2=0.999)
+    """Adam (0.9, 0.999) in PyTorch's arithmetic, as the reference; one optimizer for the run, never reset."""
+    return optim.adam(config.lr, b1=0.9, b2=0.999)
 
 
 def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:

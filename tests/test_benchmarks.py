@@ -230,6 +230,39 @@ def test_layout_benchmark_compares_the_same_network():
     np.testing.assert_allclose(y_in_out, out_in.apply(p_out_in, x), rtol=1e-5, atol=1e-6)
 
 
+def test_adam_benchmark_swaps_the_optimizer_of_classifier_and_generator():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from benchmarks.adam_arithmetic import optax_adam
+    from cljax import optim
+    from cljax.config import RunConfig
+    from cljax.engine import make_optimizer
+    from cljax.models.generators import vae_generator
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+    grads = {"w": jnp.linspace(0.3, -0.2, 12).reshape(3, 4) ** 3}
+
+    def first_update(optimizer):
+        return optimizer.update(grads, optimizer.init(params), params)[0]["w"]
+
+    def generator_update(generator):
+        state = generator.init(jax.random.key(0))
+        g = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), state.params)
+        return jax.tree.leaves(generator.apply_gradients(state, g).params)
+
+    config = RunConfig(lr=0.01)
+    with optax_adam():
+        swapped = first_update(make_optimizer(config))
+        swapped_vae = generator_update(vae_generator((28, 28, 1)))
+    ours, our_vae = first_update(make_optimizer(config)), generator_update(vae_generator((28, 28, 1)))
+    np.testing.assert_array_equal(swapped, first_update(optax.adam(0.01)))
+    np.testing.assert_array_equal(ours, first_update(optim.adam(0.01)))
+    assert not np.array_equal(swapped, ours)  # the two arithmetics round differently
+    assert any(not np.array_equal(a, b) for a, b in zip(swapped_vae, our_vae, strict=True))
+
+
 def _step_dots(tiny_data, strategy: str):
     from benchmarks.matmul_floor import step_dots
     from cljax.config import RunConfig

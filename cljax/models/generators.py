@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax import optim
 from cljax.models.layers import Linear
 
 GENERATORS: tuple[str, ...] = ("vae", "gan")
@@ -269,7 +270,7 @@ def vae_generator(
 ) -> Generator:
     """The reference DGR generator: a VAE with prior N(0, I), own Adam (0.9, 0.999) at ``lr``."""
     model = VAE(tuple(input_shape), tuple(hidden), z_dim)
-    optimizer = optax.adam(lr, b1=0.9, b2=0.999)
+    optimizer = optim.adam(lr, b1=0.9, b2=0.999)
 
     def init(key):
         x = jnp.zeros((1, *input_shape), jnp.float32)
@@ -305,7 +306,7 @@ def gan_generator(
     generator's loss is an unweighted mean. Expect noisier samples than the VAE's at 2000 iterations.
     """
     gen, disc = MLPGenerator(tuple(input_shape), tuple(hidden)), MLPDiscriminator(tuple(hidden))
-    optimizer = optax.adam(lr, b1=GAN_BETA1, b2=0.999)
+    optimizer = optim.adam(lr, b1=GAN_BETA1, b2=0.999)
 
     def init(key):
         kg, kd = jax.random.split(key)
