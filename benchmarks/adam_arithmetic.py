@@ -12,18 +12,14 @@ the context drift apart. Results go to ``results/adam_arithmetic.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import optax
 
 import cljax.optim
-from benchmarks.context_program import alternate, second_context, split_mnist
-from cljax.engine import environment
+from benchmarks.context_program import alternate, compare, second_context, split_mnist
 
 
 @contextmanager
@@ -61,30 +57,18 @@ def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> di
     }
 
 
+def describe(result: dict) -> str:
+    ms, loss = result["ms_per_iter"], result["mean_loss"]
+    return (
+        f"PyTorch's arithmetic {ms['torch_arithmetic']:.3f} ms/iter, optax.adam {ms['optax']:.3f} ms/iter, "
+        f"ratio {result['ratio_torch_arithmetic_over_optax']:.3f}, median ratio of back-to-back pairs "
+        f"{result['median_ratio_of_pairs']:.3f}; mean loss {loss['torch_arithmetic']:.6f} against "
+        f"{loss['optax']:.6f}"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="none,dgr")
-    parser.add_argument("--iters", type=int, default=None, help="per timing (default: none 1000, others 300)")
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adam_arithmetic.json"))
-    args = parser.parse_args()
-    results = {}
-    for strategy in args.strategies.split(","):
-        iters = args.iters or (1000 if strategy == "none" else 300)
-        results[strategy] = r = measure(strategy, iters, args.repeats, args.data_dir)
-        ms, loss = r["ms_per_iter"], r["mean_loss"]
-        print(
-            f"{strategy}: PyTorch's arithmetic {ms['torch_arithmetic']:.3f} ms/iter, optax.adam "
-            f"{ms['optax']:.3f} ms/iter, ratio {r['ratio_torch_arithmetic_over_optax']:.3f} (medians of "
-            f"{args.repeats}; median ratio of back-to-back pairs {r['median_ratio_of_pairs']:.3f}); "
-            f"mean loss {loss['torch_arithmetic']:.6f} against {loss['optax']:.6f}"
-        )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"repeats": args.repeats, "results": results, "environment": environment()}
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    compare(__doc__.splitlines()[0], "adam_arithmetic", 12, measure, describe)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -12,7 +15,9 @@ import jax.numpy as jnp
 from cljax.compilation import compile_lowered
 from cljax.config import RunConfig
 from cljax.data import Dataset
-from cljax.engine import Experiment, prepare
+from cljax.engine import Experiment, environment, prepare
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def split_mnist(
@@ -61,3 +66,54 @@ def alternate(
         for name in list(programs)[:: 1 if r % 2 == 0 else -1]:
             times[name].append(seconds(*programs[name]) / iters * 1e3)
     return times
+
+
+def step_timing_arguments(
+    description: str, name: str, repeats: int, other_iters: int
+) -> argparse.ArgumentParser:
+    """The options of a script that times steps: strategies, steps per timing, repeats, data and output.
+
+    ``name``: the default output, ``results/<name>.json``; ``other_iters``: the default steps per timing for
+    strategies other than ``none``, whose steps are slower.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--strategies", default="none,dgr")
+    parser.add_argument(
+        "--iters", type=int, default=None, help=f"steps per timing (default: none 1000, others {other_iters})"
+    )
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+    parser.set_defaults(other_iters=other_iters)
+    return parser
+
+
+def steps_per_timing(args: argparse.Namespace, strategy: str) -> int:
+    """``--iters`` if given, else 1000 steps of ``none`` or the script's default for slower strategies."""
+    return args.iters or (1000 if strategy == "none" else args.other_iters)
+
+
+def write_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Write the results, their repeats and the environment they were measured in to ``--out``."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"repeats": args.repeats, "results": results, "environment": environment()}
+    out.write_text(json.dumps(record, indent=1))
+    print(f"wrote {out}")
+
+
+def compare(
+    description: str,
+    name: str,
+    repeats: int,
+    measure: Callable[[str, int, int, str | None], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+) -> None:
+    """What a script comparing variants of a step runs: ``measure(strategy, iters, repeats, data_dir)``
+    for each strategy asked for, a line of ``describe(result)`` each, then the results to ``--out``."""
+    args = step_timing_arguments(description, name, repeats, other_iters=300).parse_args()
+    results = {}
+    for strategy in args.strategies.split(","):
+        results[strategy] = measure(strategy, steps_per_timing(args, strategy), args.repeats, args.data_dir)
+        print(f"{strategy}: {describe(results[strategy])} (medians of {args.repeats})", flush=True)
+    write_results(args, results)

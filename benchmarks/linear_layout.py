@@ -12,10 +12,7 @@ same initial values. It prints the medians and their ratio and writes them to
 
 from __future__ import annotations
 
-import argparse
-import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -23,8 +20,7 @@ import numpy as np
 
 import cljax.models.classifiers
 import cljax.models.generators
-from benchmarks.context_program import alternate, second_context, split_mnist
-from cljax.engine import environment
+from benchmarks.context_program import alternate, compare, second_context, split_mnist
 from cljax.models.layers import torch_uniform
 
 
@@ -72,28 +68,16 @@ def measure(strategy: str, iters: int, repeats: int, data_dir: str | None) -> di
     }
 
 
+def describe(result: dict) -> str:
+    ms = result["ms_per_iter"]
+    return (
+        f"(out, in) {ms['out_in']:.3f} ms/iter, (in, out) {ms['in_out']:.3f} ms/iter, "
+        f"ratio {result['ratio_out_in_over_in_out']:.3f}"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="none,dgr")
-    parser.add_argument("--iters", type=int, default=None, help="per timing (default: none 1000, others 300)")
-    parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "linear_layout.json"))
-    args = parser.parse_args()
-    results = {}
-    for strategy in args.strategies.split(","):
-        iters = args.iters or (1000 if strategy == "none" else 300)
-        results[strategy] = r = measure(strategy, iters, args.repeats, args.data_dir)
-        ms = r["ms_per_iter"]
-        print(
-            f"{strategy}: (out, in) {ms['out_in']:.3f} ms/iter, (in, out) {ms['in_out']:.3f} ms/iter, "
-            f"ratio {r['ratio_out_in_over_in_out']:.3f} (medians of {args.repeats})"
-        )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"repeats": args.repeats, "results": results, "environment": environment()}
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    compare(__doc__.splitlines()[0], "linear_layout", 8, measure, describe)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,8 @@ a host that slows down slows every measurement alike; the figures are medians.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections import Counter
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -30,11 +27,18 @@ import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
-from benchmarks.context_program import compiled_context, seconds, split_mnist
+from benchmarks.context_program import (
+    compiled_context,
+    seconds,
+    split_mnist,
+    step_timing_arguments,
+    steps_per_timing,
+    write_results,
+)
 from cljax.compilation import compile_lowered
 from cljax.config import RunConfig
 from cljax.data import Dataset
-from cljax.engine import Experiment, environment
+from cljax.engine import Experiment
 
 
 class Dot(NamedTuple):
@@ -232,27 +236,15 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="none,dgr")
-    parser.add_argument(
-        "--iters", type=int, default=None, help="steps per timing (default: none 1000, others 200)"
-    )
+    parser = step_timing_arguments(__doc__.splitlines()[0], "matmul_floor", repeats=7, other_iters=200)
     parser.add_argument("--dot-length", type=int, default=200, help="products per timing of one product")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "matmul_floor.json"))
     args = parser.parse_args()
     results = {}
     for strategy in args.strategies.split(","):
-        iters = args.iters or (1000 if strategy == "none" else 200)
+        iters = steps_per_timing(args, strategy)
         results[strategy] = measure(strategy, iters, args.dot_length, args.repeats, args.data_dir, None)
         print(summary(results[strategy]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"repeats": args.repeats, "results": results, "environment": environment()}, indent=1)
-    )
-    print(f"wrote {out}")
+    write_results(args, results)
 
 
 if __name__ == "__main__":

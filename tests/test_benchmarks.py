@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -316,3 +317,23 @@ def test_a_timed_product_computes_the_whole_product():
     program, (a, b) = dot_program(dot, length=3)
     _, c = program(a, b)
     np.testing.assert_allclose(c, lax.dot_general(a, b, dot.dimension_numbers), rtol=1e-6)
+
+
+def test_a_step_comparison_times_each_strategy_and_writes_where_it_ran(tmp_path, monkeypatch, capsys):
+    from benchmarks.context_program import compare
+
+    out = tmp_path / "results" / "comparison.json"
+    argv = ["comparison", "--strategies", "none,dgr", "--repeats", "3", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    calls = []
+
+    def measure(strategy, iters, repeats, data_dir):
+        calls.append((strategy, iters, repeats, data_dir))
+        return {"ms_per_iter": iters / 1000}
+
+    compare("a comparison", "comparison", 5, measure, lambda r: f"{r['ms_per_iter']:.1f} ms/iter")
+    assert calls == [("none", 1000, 3, None), ("dgr", 300, 3, None)]  # none's steps are the fast ones
+    record = json.loads(out.read_text())
+    assert record["repeats"] == 3 and record["results"]["dgr"] == {"ms_per_iter": 0.3}
+    assert record["environment"]["backend"] == "cpu"
+    assert "dgr: 0.3 ms/iter (medians of 3)" in capsys.readouterr().out
