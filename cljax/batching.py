@@ -19,12 +19,16 @@ class Batch(NamedTuple):
     context: jnp.ndarray  # int32 (B,)
 
 
-def to_float(info: ScenarioInfo, x_uint8: jnp.ndarray, perm: jnp.ndarray) -> jnp.ndarray:
-    """uint8 (B, h, w, c) -> float32 (B, H, W, C) in the benchmark's units, padded and permuted.
+def to_float(info: ScenarioInfo, images: jnp.ndarray, perm: jnp.ndarray) -> jnp.ndarray:
+    """Stored images (B, h, w, c) -> float32 (B, H, W, C) in the benchmark's units, padded and permuted.
 
-    ``perm`` is (B, H*W), one pixel permutation per sample; ignored unless the benchmark is permuted.
+    uint8 images are scaled to [0, 1]; float images are taken to be in [0, 1] already (a user's data,
+    checked by :func:`cljax.data.check_dataset`). ``perm`` is (B, H*W), one pixel permutation per sample;
+    ignored unless the benchmark is permuted.
     """
-    x = x_uint8.astype(jnp.float32) / 255.0
+    x = images.astype(jnp.float32)
+    if images.dtype == jnp.uint8:
+        x = x / 255.0
     h, w, _ = info.input_shape
     if x.shape[1] != h:
         before = (h - x.shape[1]) // 2

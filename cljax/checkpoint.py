@@ -2,6 +2,10 @@
 
 Orbax writes each step into a temporary folder and renames it when complete, so a crash during a save
 leaves the previous checkpoint loadable. Step k holds the state after k contexts.
+
+Orbax refuses arrays of zero size, yet states hold them (a replay buffer that stores no logits keeps them
+with a last axis of 0). Such leaves are saved as empty nodes (``None``) and rebuilt on restore from the
+template state: they carry no data, only a shape, a dtype and a sharding, all of which the template has.
 """
 
 from __future__ import annotations
@@ -11,12 +15,46 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cljax.config import ConfigError
 
 # Config fields that may differ between a run and its resumption.
 RESUMABLE_DIFFERENCES = ("data_dir", "download")
+
+
+def is_empty(leaf: Any) -> bool:
+    """Whether a state leaf holds no elements (orbax cannot save it)."""
+    return int(np.prod(np.shape(leaf))) == 0
+
+
+def without_empty_leaves(state: Any) -> Any:
+    """``state`` with every zero-size leaf replaced by ``None``, which orbax saves as an empty node."""
+    return jax.tree.map(lambda leaf: None if is_empty(leaf) else leaf, state)
+
+
+def empty_like(like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A zero-size array of ``like``'s shape and dtype, on its sharding (if it has one)."""
+    return jnp.zeros(like.shape, like.dtype, device=like.sharding)
+
+
+def with_empty_leaves(abstract: Any, restored: Any) -> Any:
+    """The restored state with its empty nodes rebuilt as zero-size arrays from ``abstract``."""
+    return jax.tree.map(lambda like, value: empty_like(like) if value is None else value, abstract, restored)
+
+
+def missing_leaves(abstract: Any, restored: Any) -> list[str]:
+    """Paths where the template expects data but the checkpoint has an empty node: a state of another
+    layout, which orbax restores as ``None`` without complaint."""
+    flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    values = jax.tree_util.tree_structure(abstract).flatten_up_to(restored)
+    return [
+        jax.tree_util.keystr(path)
+        for (path, like), value in zip(flat, values, strict=True)
+        if value is None and not is_empty(like)
+    ]
 
 
 class Checkpoints:
@@ -45,7 +83,8 @@ class Checkpoints:
             self.manager.save(
                 contexts_done,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(payload)
+                    state=ocp.args.StandardSave(without_empty_leaves(state)),
+                    progress=ocp.args.JsonSave(payload),
                 ),
             )
             self.manager.wait_until_finished()
@@ -57,6 +96,7 @@ class Checkpoints:
 
         The config is compared before the state is read, so a checkpoint of other settings is named as such;
         a state of another layout (from an earlier cljax, say) is a ConfigError, not an orbax traceback.
+        Zero-size leaves, saved as empty nodes, come back as zero-size arrays shaped like ``state_like``'s.
         """
         step = self.manager.latest_step()
         if step is None:
@@ -80,12 +120,18 @@ class Checkpoints:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
         except ValueError as err:  # orbax: the saved tree and this state differ in names or shapes
-            detail = str(err).splitlines()[0].rstrip(":")
-            raise ConfigError(
-                f"resume: the state saved in {self.directory} does not fit this version's ({detail}); it was "
-                "probably saved by another cljax version: start the run again in a new --checkpoint-dir"
-            ) from err
-        return step, restored["state"], progress
+            raise self._layout_error(str(err).splitlines()[0].rstrip(":")) from err
+        missing = missing_leaves(abstract, restored["state"])
+        if missing:
+            raise self._layout_error(f"nothing saved for {', '.join(missing)}")
+        return step, with_empty_leaves(abstract, restored["state"]), progress
+
+    def _layout_error(self, detail: str) -> ConfigError:
+        """The error for a saved state that does not fit this version's."""
+        return ConfigError(
+            f"resume: the state saved in {self.directory} does not fit this version's ({detail}); it was "
+            "probably saved by another cljax version: start the run again in a new --checkpoint-dir"
+        )
 
     def close(self) -> None:
         self.manager.close()

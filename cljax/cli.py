@@ -1,9 +1,15 @@
-"""The command line: ``cljax run`` trains and evaluates, ``cljax list`` names what is available."""
+"""The command line: ``cljax run`` trains and evaluates, ``cljax list`` names what is available.
+
+A user's strategies, models and benchmarks join with ``--import MODULE`` (a module that registers them
+when imported) or from an installed package's entry points in the ``cljax.plugins`` group.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -48,6 +54,52 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+PLUGIN_GROUP = "cljax.plugins"
+
+
+def _add_import_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers strategies, models or benchmarks (repeatable; a file path works "
+        "too)",
+    )
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the installed ``cljax.plugins`` entry points, then each ``--import`` module (or .py path)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        entry.load()
+    for name in modules:
+        if name.endswith(".py") or os.sep in name:
+            path = Path(name)
+            if not path.is_file():
+                raise ConfigError(f"import: no such file {name}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception:
+                sys.modules.pop(path.stem, None)
+                raise
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and name.startswith(err.name):
+                raise ConfigError(
+                    f"import: no module named {name!r}; check the name, or run from the folder that holds it "
+                    "(or give its .py path)"
+                ) from None
+            raise
+
+
 def _add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compile-cache",
@@ -77,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch-size", type=int, default=None)
     run.add_argument("--lr", type=float, default=None)
-    run.add_argument("--model", default=None, help="classifier (default: the benchmark's)")
+    run.add_argument("--model", default=None, help="a registered classifier (default: the benchmark's)")
     run.add_argument(
         "--class-il-active",
         default="all",
@@ -117,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     _add_compile_cache_flag(run)
-    sub.add_parser("list", help="name the benchmarks, scenarios and strategies")
+    _add_import_flag(run)
+    listing = sub.add_parser("list", help="name the benchmarks, scenarios, strategies and models")
+    _add_import_flag(listing)
     table = sub.add_parser(
         "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
     )
@@ -139,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--data-dir", default=None)
     table.add_argument("--quiet", action="store_true")
     _add_compile_cache_flag(table)
+    _add_import_flag(table)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
@@ -251,6 +306,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for spec in REGISTRY.values():
         where = "" if spec.scenarios == SCENARIOS else f" [{', '.join(spec.scenarios)} only]"
         print(f"  {spec.name:<16} {spec.summary}{where}")
+    from cljax.models import MODELS
+
+    print("models:")
+    for name in MODELS:
+        print(f"  {name}")
     return 0
 
 
@@ -279,20 +339,20 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from cljax.plots import load_runs, plot_runs
+    from cljax.plots import matplotlib_missing, plot_runs
 
     _check_output(args.out, args.overwrite)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ConfigError("plot: needs matplotlib; install it with pip install -e '.[plots]'") from None
-    print(f"wrote {plot_runs(load_runs(args.results), args.out)}")
+    missing = matplotlib_missing("plot")
+    if missing:
+        raise ConfigError(missing)
+    print(f"wrote {plot_runs(args.results, args.out)}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        import_plugins(getattr(args, "imports", []))
         return {"run": cmd_run, "list": cmd_list, "table": cmd_table, "plot": cmd_plot}[args.command](args)
     except ConfigError as err:
         print(f"cljax: error: {err}", file=sys.stderr)

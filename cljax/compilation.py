@@ -15,10 +15,14 @@ it is lowered, so XLA compiles one while Python traces the next.
 
 The command line also keeps compiled programs on disk (JAX's persistent compilation cache), so a repeated
 run, or the next cell of a table with the same shapes, loads its programs instead of compiling them again.
+JAX keeps that cache within its size limit only with the ``filelock`` package (a dependency of cljax); in
+an environment without it the limit is left off, since JAX would otherwise read and write nothing and warn
+at every compile.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,8 +75,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     compilation_cache.reset_cache()  # forget an earlier "no cache" decision, so the folder takes effect
     compilation_cache.set_cache_dir(str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+    jax.config.update("jax_compilation_cache_max_size", cache_size_limit())
     return folder
+
+
+def cache_size_limit() -> int:
+    """:data:`COMPILE_CACHE_MAX_BYTES`, or -1 (no limit) without ``filelock``, which JAX needs for a limit."""
+    return COMPILE_CACHE_MAX_BYTES if importlib.util.find_spec("filelock") is not None else -1
 
 
 def compiler_options(runs_once: bool = False) -> dict[str, Any]:

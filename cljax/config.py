@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cljax.models import MODELS
-from cljax.presets import BENCHMARKS, SCENARIOS
+from cljax.presets import SCENARIOS, Benchmark, get_benchmark
 from cljax.scenarios import CLASS_IL_ACTIVE
 
 
@@ -19,9 +18,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. ``None`` means: the benchmark's published setting."""
+    """Everything that defines a run. ``None`` means: the benchmark's published setting.
 
-    benchmark: str = "split-mnist"
+    ``benchmark`` is a registered name or a :class:`cljax.Benchmark`; ``model`` a registered name, a Flax
+    module mapping images to logits, or a factory ``n_out -> module`` (:func:`cljax.models.model_from`).
+    """
+
+    benchmark: str | Benchmark = "split-mnist"
     scenario: str = "class"
     strategy: str = "none"
     seeds: int = 1
@@ -29,7 +32,7 @@ class RunConfig:
     iters: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    model: str | None = None
+    model: Any = None
     class_il_active: str = "all"
     data_dir: str | None = None
     download: bool = True
@@ -44,12 +47,12 @@ class RunConfig:
         from cljax.strategies import get_strategy
 
         validate(self)
-        bench = BENCHMARKS[self.benchmark]
+        bench = get_benchmark(self.benchmark)
         spec = get_strategy(self.strategy)
         options = {**spec.defaults(self.scenario), **dict(self.options)}
         if spec.resolve is not None:
             try:
-                options = spec.resolve(options, self.benchmark, self.scenario)
+                options = spec.resolve(options, bench.name, self.scenario)
             except ValueError as err:
                 raise ConfigError(f"options: {err}") from err
         return dataclasses.replace(
@@ -57,13 +60,41 @@ class RunConfig:
             iters=self.iters if self.iters is not None else bench.iters,
             batch_size=self.batch_size if self.batch_size is not None else bench.batch_size,
             lr=self.lr if self.lr is not None else bench.lr,
-            model=self.model or bench.model,
+            model=self.model if self.model is not None else bench.model,
             class_il_active=self.class_il_active if self.scenario == "class" else "all",  # unused elsewhere
             options=options,
         )
 
+    @property
+    def benchmark_name(self) -> str:
+        return self.benchmark.name if isinstance(self.benchmark, Benchmark) else self.benchmark
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "options": dict(self.options)}
+        """JSON-ready: names for the benchmark and model, and the protocol that ran."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        protocol = get_benchmark(self.benchmark).describe() if _known(self.benchmark) else None
+        return {
+            **fields,
+            "benchmark": self.benchmark_name,
+            "model": model_name(self.model),
+            "options": dict(self.options),
+            "protocol": protocol,
+        }
+
+
+def _known(benchmark: Any) -> bool:
+    from cljax.presets import BENCHMARKS
+
+    return isinstance(benchmark, Benchmark) or benchmark in BENCHMARKS
+
+
+def model_name(model: Any) -> str | None:
+    """The name a result records for ``model``: a registered name, else the class or factory's name."""
+    if model is None or isinstance(model, str):
+        return model
+    if isinstance(model, type) or callable(model) and hasattr(model, "__name__"):
+        return model.__name__
+    return type(model).__name__
 
 
 def _choice(name: str, value: Any, choices) -> None:
@@ -82,7 +113,10 @@ def validate(config: RunConfig) -> None:
     """Raise :class:`ConfigError` naming the first field that is out of range."""
     from cljax.strategies import REGISTRY
 
-    _choice("benchmark", config.benchmark, BENCHMARKS)
+    try:
+        get_benchmark(config.benchmark)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _choice("scenario", config.scenario, SCENARIOS)
     _choice("strategy", config.strategy, REGISTRY)
     spec = REGISTRY[config.strategy]
@@ -100,8 +134,15 @@ def validate(config: RunConfig) -> None:
         isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0
     ):
         raise ConfigError(f"lr: must be a finite number > 0, got {config.lr!r}")
-    if config.model is not None:
+    if isinstance(config.model, str):
+        from cljax.models import MODELS
+
         _choice("model", config.model, MODELS)
+    elif config.model is not None and not callable(config.model):
+        raise ConfigError(
+            f"model: expected a registered model name, a Flax module or a factory n_out -> module, "
+            f"got {type(config.model).__name__}"
+        )
     _choice("class_il_active", config.class_il_active, CLASS_IL_ACTIVE)
     if not isinstance(config.options, Mapping):
         raise ConfigError(

@@ -29,15 +29,25 @@ from cljax.checkpoint import Checkpoints
 from cljax.compilation import Program, compile_all, over_seeds
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
+from cljax.data.checks import check_dataset
 from cljax.devices import placer, seed_sharding
 from cljax.images import grid, write_png
 from cljax.logs import MetricsLog
 from cljax.losses import accuracy_counts
-from cljax.models import make_classifier
-from cljax.presets import BENCHMARKS
+from cljax.models import check_logits_shape, model_from
+from cljax.presets import Benchmark, get_benchmark
 from cljax.results import RunResult
-from cljax.scenarios import Images, ScenarioInfo, Stream, make_stream, scenario_info, stack_streams
+from cljax.scenarios import (
+    Images,
+    ScenarioInfo,
+    Stream,
+    make_stream,
+    scenario_info,
+    stack_streams,
+    unit_classes,
+)
 from cljax.strategies import Setup, Strategy, get_strategy
+from cljax.trained import TrainedModel
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,6 +109,7 @@ class Experiment:
     images: Images
     streams: Stream  # leading axis: seeds
     seeds: list[int]
+    benchmark: Benchmark | None = None
 
     def programs(self) -> dict[str, Callable]:
         """The programs of this run over all seeds (leading axis), not yet compiled."""
@@ -121,31 +132,116 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
     return optim.adam(config.lr, b1=0.9, b2=0.999)
 
 
-def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
-    """Validate the config, load the data (unless given) and build streams and strategy."""
-    config = config.resolved()
-    bench = BENCHMARKS[config.benchmark]
+def make_setup(config: RunConfig, info: ScenarioInfo, model: Any = None) -> Setup:
+    """The static pieces of a resolved config: the network (checked to give n_out logits) and optimizer.
+
+    ``model`` overrides ``config.model`` (a saved run whose network was a Python object).
+    """
+    spec = config.model if model is None else model
+    try:
+        module, _ = model_from(spec, info.n_out)
+        check_logits_shape(module, info.input_shape, info.n_out)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    return Setup(
+        info=info,
+        model=module,
+        optimizer=make_optimizer(config),
+        batch_size=config.batch_size,
+        iters=config.iters,
+    )
+
+
+def build_strategy(config: RunConfig | dict[str, Any], info: ScenarioInfo, model: Any = None) -> Strategy:
+    """The strategy of a resolved config (or its ``to_dict()``, as saved with a model) for ``info``."""
+    if isinstance(config, dict):
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        config = RunConfig(**{k: v for k, v in config.items() if k in fields and k != "benchmark"})
+        if model is None and config.model is not None and not _registered_model(config.model):
+            raise ConfigError(
+                f"model: the run used the network {config.model!r}, which is not a registered model; "
+                "pass it again: load_model(path, model=...)"
+            )
     spec = get_strategy(config.strategy)
+    setup = make_setup(config, info, model)
+    return spec.build(setup, config.options)
+
+
+def _registered_model(name: str) -> bool:
+    from cljax.models import MODELS
+
+    return name in MODELS
+
+
+def load_data(bench: Benchmark, config: RunConfig, dataset: Dataset | None) -> Dataset:
+    """The run's dataset, checked against the benchmark's protocol before anything compiles."""
     if dataset is None:
-        dataset = load_dataset(bench.dataset, config.data_dir, download=config.download)
+        source = bench.dataset
+        if source is None:
+            raise ConfigError(
+                f"dataset: benchmark {bench.name!r} names no dataset; pass your arrays: "
+                "cljax.run(..., dataset=cljax.Dataset(name, train_x, train_y, test_x, test_y, num_classes))"
+            )
+        dataset = (
+            load_dataset(source, config.data_dir, download=config.download)
+            if isinstance(source, str)
+            else source()
+        )
+    return check_dataset(dataset, bench)
+
+
+def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
+    """Validate the config, load and check the data (unless given, then only check) and build streams and
+    strategy; every error is raised here, before anything compiles."""
+    config = config.resolved()
+    bench = get_benchmark(config.benchmark)
+    spec = get_strategy(config.strategy)
+    dataset = load_data(bench, config, dataset)
     info = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
     seeds = config.seed_list
     per_seed = [
-        make_stream(bench, config.scenario, dataset.train_y, dataset.test_y, seed, config.class_il_active)
+        make_stream(
+            bench,
+            config.scenario,
+            dataset.train_y,
+            dataset.test_y,
+            seed,
+            config.class_il_active,
+            dataset.num_classes,
+        )
         for seed in seeds
     ]
     streams = stack_streams(per_seed)
     images = Images(
         *(jnp.asarray(a) for a in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y))
     )
-    setup = Setup(
-        info=info,
-        model=make_classifier(config.model, info.n_out),
-        optimizer=make_optimizer(config),
-        batch_size=config.batch_size,
-        iters=config.iters,
+    setup = make_setup(config, info)
+    try:
+        strategy = spec.build(setup, config.options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return Experiment(config, info, setup, strategy, images, streams, seeds, bench)
+
+
+def trained_model(exp: Experiment, states: Any) -> TrainedModel:
+    """The final states of a run with what predicting on raw images needs."""
+    bench = exp.benchmark or get_benchmark(exp.config.benchmark)
+
+    def shapes(tree: Any, seed_axis: bool) -> dict[str, Any]:
+        return {k: [list(v.shape[int(seed_axis) :]), str(v.dtype)] for k, v in tree._asdict().items()}
+
+    return TrainedModel(
+        config=exp.config.to_dict(),
+        info=exp.info,
+        strategy=exp.strategy,
+        states=states,
+        seeds=list(exp.seeds),
+        image_shape=tuple(exp.images.train_x.shape[1:]),
+        active=np.asarray(exp.streams.active),
+        pixel_perm=np.asarray(exp.streams.pixel_perm),
+        unit_classes=np.stack([unit_classes(bench, exp.config.scenario, s) for s in exp.seeds]),
+        shapes={"images": shapes(exp.images, False), "stream": shapes(exp.streams, True)},
     )
-    return Experiment(config, info, setup, spec.build(setup, config.options), images, streams, seeds)
 
 
 def environment() -> dict[str, Any]:
@@ -270,7 +366,7 @@ def execute(
     log = (
         MetricsLog(
             log_dir,
-            {"benchmark": cfg.benchmark, "scenario": cfg.scenario, "strategy": cfg.strategy},
+            {"benchmark": cfg.benchmark_name, "scenario": cfg.scenario, "strategy": cfg.strategy},
             exp.seeds,
         )
         if log_dir is not None
@@ -279,7 +375,7 @@ def execute(
     bar = tqdm(
         total=n_ctx,
         initial=start,
-        desc=f"{cfg.strategy} {cfg.benchmark} {cfg.scenario}",
+        desc=f"{cfg.strategy} {cfg.benchmark_name} {cfg.scenario}",
         unit="ctx",
         disable=True if quiet else None,
         leave=False,
@@ -324,7 +420,7 @@ def execute(
     config_dict = cfg.to_dict()
     config_dict["wall_seconds"] = time.perf_counter() - wall_start
     return RunResult(
-        benchmark=cfg.benchmark,
+        benchmark=cfg.benchmark_name,
         scenario=cfg.scenario,
         strategy=cfg.strategy,
         seeds=exp.seeds,
@@ -342,6 +438,7 @@ def execute(
         context_loss=np.asarray(progress["context_loss"]).T.tolist(),
         config=config_dict,
         environment={**environment(), "seed_devices": 1 if by_seed is None else by_seed.mesh.size},
+        model=trained_model(exp, states),
     )
 
 

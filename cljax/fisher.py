@@ -7,18 +7,20 @@ the squared gradient of the log-likelihood::
 
 (EWC's "labels weighted by predicted probabilities", NMI-2022). The reference computes it with a data
 loader of batch size 1 and one backward pass per sample and label. Here the samples are processed in
-chunks with ``lax.scan`` and, for every dense layer ``y = a @ W.T + b`` (the cljax ``Linear``), the per-sample
-gradients are never formed: the gradient of sample n and label y is ``a_n (x) delta_ny`` (delta = the
-gradient at the layer's output), so the sum of its squares is the matrix product
-``(sum_y p_ny delta_ny**2).T @ a**2``. Layers of any other kind (convolutions, shared layers) take the
-general route: per-sample gradients with ``jax.vmap``, summed chunk by chunk. Both give the same numbers.
+chunks with ``lax.scan`` and, for every dense layer called once on (B, features) inputs (cljax's ``Linear``,
+``y = a @ W.T + b``, or ``flax.linen.Dense``, ``y = a @ K + b``), the per-sample gradients are never formed:
+the gradient of sample n and label y is ``a_n (x) delta_ny`` (delta = the gradient at the layer's output), so
+the sum of its squares is the matrix product ``(sum_y p_ny delta_ny**2).T @ a**2`` (transposed for ``K``).
+Everything else (convolutions, layers called twice, nnx modules behind flax's bridge, any other linen
+module) takes the general route: per-sample gradients with ``jax.vmap``, summed chunk by chunk. Both give
+the same numbers, so any linen network works.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -27,7 +29,7 @@ from flax import traverse_util
 
 from cljax.batching import gather
 from cljax.losses import mask_logits
-from cljax.models import Linear
+from cljax.models import DENSE_LAYERS
 from cljax.scenarios import Images, ScenarioInfo, Stream
 
 FISHER_LABELS = ("all", "sample", "pred", "true")
@@ -43,40 +45,53 @@ _TAP = "fisher_inputs"
 _GENERAL_SUBCHUNK = 16  # samples per vmapped per-sample-gradient block on the general route
 
 
+class _Dense(NamedTuple):
+    """A dense layer on the factored route: its module path and the name and layout of its matrix."""
+
+    path: tuple[str, ...]
+    matrix: str  # "weight" (cljax Linear, (out, in)) or "kernel" (flax.linen.Dense, (in, out))
+    width: int  # output units
+
+
 def _tap(perturbations: dict[str, jax.Array] | None):
-    """Interceptor: record each Linear's input and add a zero perturbation to its output.
+    """Interceptor: record each dense layer's input and add a zero perturbation to its output.
 
     The gradient with respect to that perturbation is the gradient at the layer's output (``delta``).
+    Layers without a perturbation (not on the factored route) are only recorded.
     """
 
     def interceptor(next_fun, args, kwargs, context):
-        if not (isinstance(context.module, Linear) and context.method_name == "__call__"):
+        if not (isinstance(context.module, DENSE_LAYERS) and context.method_name == "__call__"):
             return next_fun(*args, **kwargs)
         context.module.sow("intermediates", _TAP, args[0])
         out = next_fun(*args, **kwargs)
-        if perturbations is not None:
-            out = out + perturbations["/".join(context.module.path)]
+        name = "/".join(context.module.path)
+        if perturbations is not None and name in perturbations:
+            out = out + perturbations[name]
         return out
 
     return interceptor
 
 
-def _factored_layers(model: nn.Module, params: Params, x: jax.Array) -> dict[str, tuple[str, ...]]:
-    """The Linear layers whose Fisher can be factored: called once, on (B, features) inputs.
+def _factored_layers(model: nn.Module, params: Params, x: jax.Array) -> dict[str, _Dense]:
+    """The dense layers whose Fisher can be factored: called once, on (B, features) inputs.
 
-    Returns {"/".join(module path): module path}.
+    Returns {"/".join(module path): layer}.
     """
     with nn.intercept_methods(_tap(None)):
         _, state = jax.eval_shape(lambda p, x: model.apply(p, x, mutable=["intermediates"]), params, x)
     taps = traverse_util.flatten_dict(state.get("intermediates", {}))
+    flat = traverse_util.flatten_dict(params.get("params", {}))
     layers = {}
     for key, calls in taps.items():
-        if key[-1] != _TAP:
+        if key[-1] != _TAP or len(calls) != 1 or calls[0].ndim != 2 or calls[0].shape[0] != x.shape[0]:
             continue
-        path = key[:-1]
-        leaf = traverse_util.flatten_dict(params["params"]).get((*path, "weight"))
-        if len(calls) == 1 and calls[0].ndim == 2 and leaf is not None and leaf.ndim == 2:
-            layers["/".join(path)] = path
+        path, fan_in = key[:-1], calls[0].shape[1]
+        weight, kernel = flat.get((*path, "weight")), flat.get((*path, "kernel"))
+        if weight is not None and weight.ndim == 2 and weight.shape[1] == fan_in:
+            layers["/".join(path)] = _Dense(path, "weight", weight.shape[0])
+        elif kernel is not None and kernel.ndim == 2 and kernel.shape[0] == fan_in:
+            layers["/".join(path)] = _Dense(path, "kernel", kernel.shape[1])
     return layers
 
 
@@ -131,33 +146,33 @@ def diagonal_fisher(
     n_labels = n_out if n_labels is None else min(n_labels, n_out)
     factored = _factored_layers(model, params, jnp.zeros(x0.shape, x0.dtype)) if factor_dense else {}
     flat = traverse_util.flatten_dict(params)
-    fast_keys = {k for k in flat if k[0] == "params" and "/".join(k[1:-1]) in factored}
+    fast_keys = {("params", *f.path, leaf) for f in factored.values() for leaf in (f.matrix, "bias")}
     rest = {k: v for k, v in flat.items() if k not in fast_keys}
     fixed = {k: v for k, v in flat.items() if k in fast_keys}
 
     def logits_fn(variables, x, perturbations=None):
+        if not factored:  # no taps: the network runs as it is
+            return mask_logits(model.apply(variables, x), mask), {}
         with nn.intercept_methods(_tap(perturbations)):
             z, state = model.apply(variables, x, mutable=["intermediates"])
         taps = traverse_util.flatten_dict(state["intermediates"])
-        inputs = {name: taps[(*path, _TAP)][0] for name, path in factored.items()}
+        inputs = {name: taps[(*layer.path, _TAP)][0] for name, layer in factored.items()}
         return mask_logits(z, mask), inputs
 
     def factored_forward(x):
         """Logits, the pullback to every factored layer's output, and those layers' inputs."""
-        zeros = {
-            name: jnp.zeros((x.shape[0], flat[("params", *path, "weight")].shape[0]), x.dtype)
-            for name, path in factored.items()
-        }
+        zeros = {name: jnp.zeros((x.shape[0], layer.width), x.dtype) for name, layer in factored.items()}
         return jax.vjp(lambda e: logits_fn(params, x, e), zeros, has_aux=True)
 
     def factored_part(vjp, inputs, cotangents, weights):
         deltas = jax.vmap(lambda c: vjp(c)[0])(cotangents)  # name -> (K, B, out)
         out = {}
-        for name, path in factored.items():
+        for name, layer in factored.items():
             d2 = jnp.einsum("bk,kbo->bo", weights, jnp.square(deltas[name]))
-            out[("params", *path, "weight")] = d2.T @ jnp.square(inputs[name])
-            if ("params", *path, "bias") in flat:
-                out[("params", *path, "bias")] = d2.sum(0)
+            a2 = jnp.square(inputs[name])
+            out[("params", *layer.path, layer.matrix)] = d2.T @ a2 if layer.matrix == "weight" else a2.T @ d2
+            if ("params", *layer.path, "bias") in flat:
+                out[("params", *layer.path, "bias")] = d2.sum(0)
         return out
 
     def general_chunk(x, cotangents, weights):

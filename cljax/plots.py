@@ -1,9 +1,15 @@
-"""Figures from result files: the accuracy matrix as a heatmap and average accuracy after each context."""
+"""Figures from runs: the accuracy matrix as a heatmap and average accuracy after each context.
+
+A run is a :class:`~cljax.results.RunResult`, its dict (``RunResult.to_dict()``, or one run of a results
+file) or the path of a results file (which may hold several runs).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +17,64 @@ import numpy as np
 
 from cljax.metrics import average_accuracy_curve
 from cljax.presets import SCENARIO_NAMES
+from cljax.results import RunResult
+
+RunLike = RunResult | Mapping[str, Any] | str | os.PathLike
+
+MATPLOTLIB_HINT = "install it with pip install -e '.[plots]' (in a clone of cljax) or pip install matplotlib"
 
 
-def load_runs(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Every run in the given result files (a file holds one run or ``{"runs": [...]}``)."""
-    runs = []
-    for path in paths:
-        try:
-            payload = json.loads(Path(path).read_text())
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"plot: no results file {path}") from err
-        except json.JSONDecodeError as err:
-            raise ValueError(f"plot: {path} is not a cljax results file (invalid JSON: {err.msg})") from err
-        found = payload.get("runs", [payload]) if isinstance(payload, dict) else []
-        if not found or any("acc_matrix" not in r for r in found):
-            raise ValueError(f"plot: {path} is not a cljax results file (no acc_matrix)")
-        runs.extend(found)
-    return runs
+def matplotlib_missing(prefix: str) -> str | None:
+    """``prefix``, then that matplotlib is missing and how to install it; None where it is installed."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        return None
+    return f"{prefix}: matplotlib is not installed; {MATPLOTLIB_HINT}"
 
 
-def plot_runs(runs: list[dict[str, Any]], out: str | os.PathLike) -> Path:
-    """One heatmap per run (mean over seeds) and one panel of average accuracy, a line per run."""
+def _read_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The runs in one results file (a file holds one run or ``{"runs": [...]}``)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"plot: no results file {path}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"plot: {path} is not a cljax results file (invalid JSON: {err.msg})") from err
+    found = payload.get("runs", [payload]) if isinstance(payload, dict) else []
+    if not found or any(not isinstance(r, dict) or "acc_matrix" not in r for r in found):
+        raise ValueError(f"plot: {path} is not a cljax results file (no acc_matrix)")
+    return found
+
+
+def _as_dicts(run: RunLike) -> list[dict[str, Any]]:
+    """One run (or a file's runs) as the dicts the figures are drawn from."""
+    if isinstance(run, RunResult):
+        return [run.to_dict()]
+    if isinstance(run, Mapping):
+        if "acc_matrix" not in run:
+            raise ValueError("plot: a run given as a dict needs an acc_matrix (RunResult.to_dict())")
+        return [dict(run)]
+    if isinstance(run, (str, os.PathLike)):
+        return _read_file(run)
+    raise TypeError(f"plot: expected a RunResult, a dict or a results file, got {type(run).__name__}")
+
+
+def load_runs(runs: RunLike | Sequence[RunLike]) -> list[dict[str, Any]]:
+    """Every run given, as dicts: results files are read (all their runs), RunResults and dicts kept."""
+    items = [runs] if isinstance(runs, (RunResult, Mapping, str, os.PathLike)) else list(runs)
+    return [found for item in items for found in _as_dicts(item)]
+
+
+def plot_runs(runs: RunLike | Sequence[RunLike], out: str | os.PathLike) -> Path:
+    """One heatmap per run (mean over seeds) and one panel of average accuracy, a line per run.
+
+    ``runs``: RunResults, their dicts or results files (:func:`load_runs`), or one of them. Returns ``out``.
+    """
+    runs = load_runs(runs)
+    if not runs:
+        raise ValueError("plot: no runs to plot")
+    missing = matplotlib_missing("plot")
+    if missing:
+        raise ImportError(missing)
     import matplotlib
 
     matplotlib.use("Agg")

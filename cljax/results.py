@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,11 @@ from cljax.presets import SCENARIO_NAMES
 
 @dataclass
 class RunResult:
-    """Per-seed accuracy matrices (in %) and the metrics derived from them."""
+    """Per-seed accuracy matrices (in %) and the metrics derived from them, and the trained model.
+
+    ``model`` (a :class:`cljax.trained.TrainedModel`, not written to JSON) holds every seed's final state:
+    ``result.predict(x, seed=...)``, ``result.params(seed)``, ``result.save_model(folder)``.
+    """
 
     benchmark: str
     scenario: str
@@ -35,13 +39,58 @@ class RunResult:
     context_loss: list[list[float]]  # (seeds, contexts): mean training loss over each context's iterations
     config: dict[str, Any]
     environment: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything but the trained model, as JSON-ready values."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON file atomically (a crash never leaves a half-written result)."""
         return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunResult:
+        """A result written by :meth:`save` or ``cljax run --out`` (without the trained model)."""
+        try:
+            payload = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"load: no results file {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"load: {path} is not a cljax results file (invalid JSON: {err.msg})") from None
+        if isinstance(payload, dict) and "runs" in payload:
+            raise ValueError(
+                f"load: {path} holds {len(payload['runs'])} runs; read them with cljax.plots.load_runs"
+            )
+        names = {f.name for f in fields(cls)} - {"model"}
+        if not isinstance(payload, dict) or "acc_matrix" not in payload:
+            raise ValueError(f"load: {path} is not a cljax results file (no acc_matrix)")
+        return cls(**{k: v for k, v in payload.items() if k in names})
+
+    def _trained(self) -> Any:
+        if self.model is None:
+            raise ValueError(
+                "this result has no trained model (it was loaded from JSON); load a saved model with "
+                "cljax.load_model(folder), or rerun"
+            )
+        return self.model
+
+    @property
+    def state(self) -> Any:
+        """Every seed's final state (leading axis: seeds), as the strategy keeps it."""
+        return self._trained().states
+
+    def params(self, seed: int | None = None) -> Any:
+        """The classifier's params after the last context (default: the first seed)."""
+        return self._trained().params(seed)
+
+    def predict(self, x: Any, seed: int | None = None, context: int | None = None) -> np.ndarray:
+        """Predicted dataset classes of raw images (see :meth:`cljax.trained.TrainedModel.predict`)."""
+        return self._trained().predict(x, seed, context)
+
+    def save_model(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the trained model to the folder ``path``; ``cljax.load_model(path)`` reads it back."""
+        return self._trained().save(path, overwrite)
 
     def summary(self) -> str:
         """A readable report: the mean accuracy matrix, final average accuracy and timing."""

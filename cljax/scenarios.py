@@ -103,7 +103,23 @@ def active_units(bench: Benchmark, scenario: str, class_il_active: str = "all") 
     return np.ones((n_ctx, n_out), bool)
 
 
-def label_maps(bench: Benchmark, scenario: str, seed: int) -> np.ndarray:
+def network_labels(bench: Benchmark, seed: int, n_dataset_classes: int | None = None) -> np.ndarray:
+    """(n_dataset_classes,) the position of each dataset class in the stream's class order.
+
+    With an explicit ``class_order`` that order for every seed (classes it leaves out map to 0 and never
+    occur in the stream); otherwise :func:`class_order`'s rule.
+    """
+    width = max(n_dataset_classes or 0, bench.n_classes)
+    if bench.class_order is None:
+        return np.pad(class_order(bench.n_classes, seed), (0, width - bench.n_classes)).astype(np.int32)
+    labels = np.zeros(max(width, max(bench.used_classes) + 1), np.int32)
+    labels[list(bench.used_classes)] = np.arange(len(bench.used_classes))
+    return labels
+
+
+def label_maps(
+    bench: Benchmark, scenario: str, seed: int, n_dataset_classes: int | None = None
+) -> np.ndarray:
     """(C, n_dataset_classes) maps from dataset class to network target for every context."""
     cpc, n_ctx = bench.classes_per_context, bench.n_contexts
     if bench.permuted:
@@ -112,18 +128,35 @@ def label_maps(bench: Benchmark, scenario: str, seed: int) -> np.ndarray:
         return np.broadcast_to(base if scenario == "domain" else base + cpc * ctx, (n_ctx, cpc)).astype(
             np.int32
         )
-    new_label = class_order(bench.n_classes, seed)
+    new_label = network_labels(bench, seed, n_dataset_classes)
     if scenario == "domain":
         new_label = new_label % cpc
-    return np.broadcast_to(new_label, (n_ctx, bench.n_classes)).astype(np.int32)
+    return np.broadcast_to(new_label, (n_ctx, len(new_label))).astype(np.int32)
 
 
 def context_classes(bench: Benchmark, seed: int) -> list[np.ndarray]:
     """The dataset classes of each context (split benchmarks) under the seed's class order."""
+    if bench.class_order is not None:
+        return [np.asarray(c, np.int64) for c in bench.class_order]
     order = class_order(bench.n_classes, seed)
     inverse = np.argsort(order)  # network label -> dataset class
     cpc = bench.classes_per_context
     return [inverse[c * cpc : (c + 1) * cpc] for c in range(bench.n_contexts)]
+
+
+def unit_classes(bench: Benchmark, scenario: str, seed: int) -> np.ndarray:
+    """(C, n_out) the dataset class each output unit stands for in each context (prediction's inverse map).
+
+    Task- and Class-IL: a unit is one class of the stream. Domain-IL: unit k is the k-th class of the
+    context. Permuted benchmarks: every context holds the dataset's classes in their natural order.
+    """
+    cpc, n_ctx, n_out = bench.classes_per_context, bench.n_contexts, output_units(bench, scenario)
+    if bench.permuted:
+        return np.broadcast_to(np.arange(n_out) % cpc, (n_ctx, n_out)).astype(np.int32)
+    classes = np.stack(context_classes(bench, seed)).astype(np.int32)  # (C, cpc)
+    if scenario == "domain":
+        return classes
+    return np.broadcast_to(classes.reshape(-1), (n_ctx, n_out)).astype(np.int32)
 
 
 def make_stream(
@@ -133,8 +166,12 @@ def make_stream(
     test_y: np.ndarray,
     seed: int,
     class_il_active: str = "all",
+    n_dataset_classes: int | None = None,
 ) -> Stream:
-    """Build one seed's stream from the dataset labels (host-side, once per run)."""
+    """Build one seed's stream from the dataset labels (host-side, once per run).
+
+    ``n_dataset_classes``: the dataset's class count, when it holds more classes than the stream uses.
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}")
     if class_il_active not in CLASS_IL_ACTIVE:
@@ -156,7 +193,7 @@ def make_stream(
         train_n=jnp.asarray(train_n),
         test_idx=jnp.asarray(test_idx),
         test_n=jnp.asarray(test_n),
-        label_map=jnp.asarray(label_maps(bench, scenario, seed)),
+        label_map=jnp.asarray(label_maps(bench, scenario, seed, n_dataset_classes)),
         active=jnp.asarray(active_units(bench, scenario, class_il_active)),
         pixel_perm=jnp.asarray(perms),
     )

@@ -10,6 +10,7 @@ fine-tuning, joint training and DGR in Task- and Domain-IL) is copied from there
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cljax.config import ConfigError, RunConfig
+from cljax.plots import matplotlib_missing
 from cljax.presets import SCENARIO_NAMES, SCENARIOS
 from cljax.results import write_json
 
@@ -183,13 +185,8 @@ def run_table(
     first_seed = table.first_seed if first_seed is None else first_seed
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    table = with_extra_methods(table, methods or [])
     wanted = [m for m in table.methods if methods is None or m.strategy in methods]
-    unknown = sorted(set(methods or ()) - {m.strategy for m in table.methods})
-    if unknown:
-        raise ConfigError(
-            f"methods: {table.name} has no method {unknown[0]!r}; it has: "
-            f"{', '.join(m.strategy for m in table.methods)}"
-        )
     cells = []
     for method in wanted:
         if method.strategy not in REGISTRY:
@@ -231,6 +228,26 @@ def run_table(
         if not quiet:
             print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} {result.mean:6.2f} +- {result.sem:.2f}")
     return write_summaries(table, out, wall_seconds=time.perf_counter() - started)
+
+
+def with_extra_methods(table: Table, methods: list[str]) -> Table:
+    """``table`` with a row for every registered strategy in ``methods`` that it does not list (a user's
+    method beside the published ones; such a row has no published value)."""
+    from cljax.strategies import REGISTRY
+
+    listed = {m.strategy for m in table.methods}
+    unknown = [name for name in methods if name not in listed and name not in REGISTRY]
+    if unknown:
+        raise ConfigError(
+            f"methods: {table.name} has no method {unknown[0]!r} and no strategy of that name is registered; "
+            f"it has: {', '.join(m.strategy for m in table.methods)}"
+        )
+    extras = tuple(
+        Method(name, name, scenarios=REGISTRY[name].scenarios)
+        for name in dict.fromkeys(methods)
+        if name not in listed
+    )
+    return dataclasses.replace(table, methods=table.methods + extras)
 
 
 _NOT_PROTOCOL = ("data_dir", "download", "wall_seconds")
@@ -404,11 +421,11 @@ def write_summaries(table: Table, out: Path, wall_seconds: float | None = None) 
         "cells": [{k: v for k, v in r.items() if k != "acc_matrix"} for r in records],
     }
     write_json(out / "table.json", summary)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return summary
-    _figures(table, records, out)
+    missing = matplotlib_missing("table: no figures (final_accuracy.png, average_accuracy.png)")
+    if missing:
+        print(f"cljax: {missing}", file=sys.stderr)
+    else:
+        _figures(table, records, out)
     return summary
 
 

@@ -172,10 +172,13 @@ def test_bad_options_are_rejected_before_compiling(tiny_data, strategy, scenario
         cljax.prepare(config, dataset=tiny_data)
 
 
-def test_icarl_needs_a_feature_layer(tiny_data):
-    config = cljax.RunConfig(strategy="icarl", scenario="class", model="cnn")
-    with pytest.raises(ValueError, match="features"):
-        cljax.prepare(config, dataset=tiny_data)
+def test_icarl_takes_the_last_dense_layers_input_when_a_network_has_no_features_method(tiny_data):
+    from cljax.models import TutorialCNN, penultimate
+
+    assert not hasattr(TutorialCNN, "features")
+    exp = cljax.prepare(cljax.RunConfig(strategy="icarl", scenario="class", model="cnn"), dataset=tiny_data)
+    params = exp.setup.model.init(jax.random.key(0), jnp.zeros((3, 28, 28, 1)))
+    assert penultimate(exp.setup.model, params, jnp.zeros((3, 28, 28, 1))).shape == (3, 50)  # fc 320-50-out
 
 
 def test_resolved_config_records_the_budget():

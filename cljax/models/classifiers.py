@@ -1,4 +1,4 @@
-"""Classifiers of the published protocols."""
+"""Classifiers of the published protocols, registered through the public :func:`register_model`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from cljax.models.layers import Conv, Linear
+from cljax.models.registry import MODELS, make_classifier, register_model
 
 
 class MLP(nn.Module):
@@ -67,16 +68,9 @@ class ConvNet(nn.Module):
         return Linear(self.n_out, name="head")(h)
 
 
-MODELS = {
-    "mlp": lambda n_out: MLP(n_out, (400, 400)),
-    "mlp-1000": lambda n_out: MLP(n_out, (1000, 1000)),
-    "cnn": TutorialCNN,
-    "convnet": ConvNet,
-}
+register_model("mlp", lambda n_out: MLP(n_out, (400, 400)), summary="MLP 400-400 (split MNIST)")
+register_model("mlp-1000", lambda n_out: MLP(n_out, (1000, 1000)), summary="MLP 1000-1000 (perm. MNIST)")
+register_model("cnn", TutorialCNN, summary="the seed tutorial's CNN: 2 conv, fc 50")
+register_model("convnet", ConvNet, summary="NMI-2022's CIFAR network: 5 conv, fc 2000-2000")
 
-
-def make_classifier(name: str, n_out: int) -> nn.Module:
-    """The classifier called ``name`` with ``n_out`` output units."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name](n_out)
+__all__ = ["MLP", "MODELS", "ConvNet", "TutorialCNN", "make_classifier", "register_model"]

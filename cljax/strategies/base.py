@@ -44,6 +44,10 @@ class Strategy(NamedTuple):
     predict(state, x) -> logits                                      for evaluation
     sample(state, key, n) -> images                                  optional: what a generator replays,
                                                                      float (n, H, W, C) in [0, 1]
+    params(state) -> classifier params                               optional: where the classifier's
+                                                                     params are, when not at state.params,
+                                                                     state.classifier.params or
+                                                                     state.model.params
     """
 
     init: Callable[[jax.Array, Images, Stream], State]
@@ -51,6 +55,7 @@ class Strategy(NamedTuple):
     end_context: Callable[[State, Images, Stream, jax.Array, jax.Array], State]
     predict: Callable[[State, jax.Array], jax.Array]
     sample: Callable[[State, jax.Array, int], jax.Array] | None = None
+    params: Callable[[State], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class StrategySpec:
     defaults: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
     # (options, benchmark, scenario) -> the values the strategy will use, so results record them
     resolve: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None
+    # continuous options that are inputs of the compiled programs (traced, vmapped in a sweep), not constants
+    hyperparameters: tuple[str, ...] = ()
 
 
 class ClassifierState(flax.struct.PyTreeNode):

@@ -35,6 +35,7 @@ from cljax.batching import sample_context
 from cljax.losses import cross_entropy, distillation, mask_logits, replay_weight
 from cljax.models.classifiers import MLP
 from cljax.models.generators import CondVAE, log_normal_diag, reconstruction_loss
+from cljax.models.registry import module_name
 from cljax.strategies.base import ClassifierState, Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.dgr import check_unit_interval, hidden_widths, positive_float, positive_int
 
@@ -55,8 +56,8 @@ def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     check_unit_interval(setup, "bir")
     if not isinstance(setup.model, MLP):
         raise ValueError(
-            "model: bir's classifier is its VAE's fully connected encoder; run it with --model mlp or "
-            f"mlp-1000 (got {type(setup.model).__name__})"
+            f"model: bir cannot train {module_name(setup.model)}: its classifier is its own VAE's encoder, "
+            "built from an MLP's widths; pass model='mlp', 'mlp-1000' or cljax.models.MLP(n_out, hidden)"
         )
     temperature = positive_float("temperature", options["temperature"])
     replay_n = positive_int("replay_batch", options["replay_batch"])

@@ -20,6 +20,7 @@ from cljax.batching import Batch, gather
 from cljax.losses import mask_logits
 from cljax.memory import BufferState, Candidates, Draw, class_balanced, l2_normalize, truncate
 from cljax.memory import sample as buffer_sample
+from cljax.models.registry import penultimate, penultimate_width
 from cljax.scenarios import Images, ScenarioInfo, Stream
 from cljax.strategies.base import ClassifierState, Setup, Strategy, init_classifier
 
@@ -247,8 +248,11 @@ def class_memory_strategy(setup: Setup, budget: Budget, step) -> Strategy:
 
 
 def features(setup: Setup, params: Any, x: jax.Array) -> jax.Array:
-    """The classifier's last hidden layer, L2-normalised (herding and nearest-mean-of-exemplars)."""
-    return l2_normalize(setup.model.apply(params, x, method="features"))
+    """The classifier's last hidden layer, L2-normalised (herding and nearest-mean-of-exemplars).
+
+    Its ``features`` method, else the input of its last dense layer (:func:`cljax.models.penultimate`).
+    """
+    return l2_normalize(penultimate(setup.model, params, x))
 
 
 def features_of(
@@ -271,9 +275,8 @@ def features_of(
 
 
 def check_features(setup: Setup, strategy: str) -> None:
-    """Raise a ValueError unless the classifier exposes ``features`` (the penultimate layer)."""
-    if not callable(getattr(setup.model, "features", None)):
-        raise ValueError(
-            f"{strategy}: needs a classifier with a `features` method (the last hidden layer); "
-            f"{type(setup.model).__name__} has none; use --model mlp or mlp-1000"
-        )
+    """Raise a ValueError unless :func:`features` finds the classifier's last hidden layer (shapes only)."""
+    try:
+        penultimate_width(setup.model, setup.info.input_shape)
+    except ValueError as err:
+        raise ValueError(f"{strategy}: needs the classifier's last hidden layer, but {err}") from None
