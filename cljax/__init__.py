@@ -28,6 +28,7 @@ from cljax.strategies.base import (
     keep_state,
 )
 from cljax.strategies.finetune import classification_loss
+from cljax.sweep import SweepResult, sweep
 from cljax.trained import TrainedModel, classifier_params, load_model, predict
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "Setup",
     "Strategy",
     "Stream",
+    "SweepResult",
     "TrainedModel",
     "apply_gradients",
     "check_dataset",
@@ -76,6 +78,7 @@ __all__ = [
     "run",
     "sample_context",
     "sample_contexts_upto",
+    "sweep",
     "to_float",
     "use_host_devices",
 ]

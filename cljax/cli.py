@@ -194,6 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--quiet", action="store_true")
     _add_compile_cache_flag(table)
     _add_import_flag(table)
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of hyperparameter values x seeds, as one compiled program per shape"
+    )
+    sweep.add_argument("--benchmark", default="split-mnist", help=f"one of: {', '.join(BENCHMARKS)}")
+    sweep.add_argument("--scenario", default="class", help="task, domain or class")
+    sweep.add_argument("--strategy", required=True, help="the strategy whose hyperparameters are swept")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="values of a hyperparameter (a strategy option, lr, batch_size or iters); repeat for a grid",
+    )
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
+    sweep.add_argument("--first-seed", type=int, default=0)
+    sweep.add_argument("--iters", type=int, default=None, help="iterations per context (default: protocol's)")
+    sweep.add_argument("--batch-size", type=int, default=None)
+    sweep.add_argument("--model", default=None)
+    sweep.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="a fixed strategy hyperparameter"
+    )
+    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--no-download", action="store_true")
+    sweep.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="sweep.json, sweep.md, sweep.png and checkpoints (to continue)",
+    )
+    sweep.add_argument("--quiet", action="store_true")
+    _add_compile_cache_flag(sweep)
+    _add_import_flag(sweep)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
@@ -338,6 +371,40 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cljax.sweep import check_grid, parse_grid, sweep
+
+    config = RunConfig(
+        benchmark=args.benchmark,
+        scenario=args.scenario,
+        strategy=args.strategy,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        model=args.model,
+        data_dir=args.data_dir,
+        download=not args.no_download,
+        options=dict(_parse_option(o) for o in args.option),
+    )
+    validate(config)
+    grid = check_grid(config, parse_grid(args.grid))
+    if args.out is not None and Path(args.out).is_file():
+        raise ConfigError(f"out: {args.out} is a file; --out names a folder")
+    _compile_cache(args)
+    n_configs = 1
+    for values in grid.values():
+        n_configs *= len(values)
+    _seed_devices(n_configs * args.seeds)
+    result = sweep(config, grid, out=args.out, quiet=args.quiet)
+    print(result.markdown())
+    if args.out is not None:
+        from cljax.sweep import SWEEP_FILES
+
+        print(f"wrote {', '.join(str(Path(args.out) / name) for name in SWEEP_FILES)}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from cljax.plots import matplotlib_missing, plot_runs
 
@@ -353,7 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         import_plugins(getattr(args, "imports", []))
-        return {"run": cmd_run, "list": cmd_list, "table": cmd_table, "plot": cmd_plot}[args.command](args)
+        commands = {
+            "run": cmd_run,
+            "list": cmd_list,
+            "table": cmd_table,
+            "sweep": cmd_sweep,
+            "plot": cmd_plot,
+        }
+        return commands[args.command](args)
     except ConfigError as err:
         print(f"cljax: error: {err}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from cljax.scenarios import (
     stack_streams,
     unit_classes,
 )
-from cljax.strategies import Setup, Strategy, get_strategy
+from cljax.strategies import Setup, Strategy, StrategySpec, get_strategy
 from cljax.trained import TrainedModel
 
 
@@ -98,38 +98,107 @@ def evaluate(
     return jax.lax.map(one_context, jnp.arange(info.n_contexts))
 
 
+Hyper = dict[str, jax.Array]  # continuous hyperparameters by name, each with a leading run axis
+
+
 @dataclass
 class Experiment:
-    """A prepared run: the data on the device, the streams of every seed and the strategy's functions."""
+    """A prepared run: the data on the device, the streams of every run and the strategy's functions.
+
+    The runs are ``configs`` x ``seeds`` (configuration-major): one configuration and its seeds for
+    ``cljax.run``, several for a sweep. ``hparams`` holds, per run, the continuous hyperparameters the
+    programs take as inputs (the learning rate and the strategy's declared ``hyperparameters``), so that
+    runs differing only in them share one compiled program.
+    """
 
     config: RunConfig
     info: ScenarioInfo
     setup: Setup
     strategy: Strategy
     images: Images
-    streams: Stream  # leading axis: seeds
+    streams: Stream  # leading axis: runs
     seeds: list[int]
     benchmark: Benchmark | None = None
+    hparams: Hyper | None = None
+    configs: list[RunConfig] | None = None  # one per group of len(seeds) runs; None: [config]
+    spec: StrategySpec | None = None
+    built: Strategy | None = None  # the strategy prepare built; another one in ``strategy`` is a user's
+
+    @property
+    def run_configs(self) -> list[RunConfig]:
+        return self.configs if self.configs is not None else [self.config]
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.run_configs) * len(self.seeds)
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return [seed for _ in self.run_configs for seed in self.seeds]
+
+    def strategy_of(self) -> Callable[[Hyper], Strategy]:
+        """``h -> Strategy`` for the programs: built inside their trace, so ``h``'s values are inputs.
+
+        A strategy a user put in place of the built one is used as it is (its values are constants).
+        """
+        spec = self.spec
+        if spec is None or self.hparams is None or self.strategy is not self.built:
+            return lambda h: self.strategy
+        setup, options = self.setup, dict(self.config.options)
+
+        def build(h: Hyper) -> Strategy:
+            traced_setup = setup._replace(optimizer=adam_for(h["lr"]))
+            return spec.build(traced_setup, {**options, **{k: v for k, v in h.items() if k != "lr"}})
+
+        return build
 
     def programs(self) -> dict[str, Callable]:
-        """The programs of this run over all seeds (leading axis), not yet compiled."""
-        strategy, info, iters, n = self.strategy, self.info, self.setup.iters, len(self.seeds)
+        """The programs of every run (leading axis), not yet compiled; each takes the runs' hparams last."""
+        build, info, iters, n = self.strategy_of(), self.info, self.setup.iters, self.n_runs
         return {
-            "init": over_seeds(strategy.init, (0, None, 0), n),
+            "init": over_seeds(lambda k, im, st, h: build(h).init(k, im, st), (0, None, 0, 0), n),
             "train": over_seeds(
-                lambda s, im, st, c, k: train_context(strategy, iters, s, im, st, c, k),
-                (0, None, 0, None, 0),
+                lambda s, im, st, c, k, h: train_context(build(h), iters, s, im, st, c, k),
+                (0, None, 0, None, 0, 0),
                 n,
             ),
             "evaluate": over_seeds(
-                lambda s, im, st, c: evaluate(strategy, info, s, im, st, c), (0, None, 0, None), n
+                lambda s, im, st, c, h: evaluate(build(h), info, s, im, st, c), (0, None, 0, None, 0), n
             ),
         }
 
 
-def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
+def adam_for(lr: float | jax.Array) -> optax.GradientTransformation:
     """Adam (0.9, 0.999) in PyTorch's arithmetic, as the reference; one optimizer for the run, never reset."""
-    return optim.adam(config.lr, b1=0.9, b2=0.999)
+    return optim.adam(lr, b1=0.9, b2=0.999)
+
+
+def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
+    """The classifier's optimizer of a resolved config (:func:`adam_for` its learning rate)."""
+    return adam_for(config.lr)
+
+
+def traced_names(spec: StrategySpec, config: RunConfig) -> tuple[str, ...]:
+    """The hyperparameters the programs take as inputs: ``lr`` and the strategy's declared continuous
+    options that hold a number in this config (one left at None keeps its own meaning, as a constant)."""
+    declared = [k for k in spec.hyperparameters if _is_number(config.options.get(k))]
+    return ("lr", *declared)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def stack_hparams(names: tuple[str, ...], configs: list[RunConfig], n_seeds: int) -> Hyper:
+    """Per run (configs x seeds, configuration-major), the value of every traced hyperparameter."""
+
+    def value(config: RunConfig, name: str) -> float:
+        return config.lr if name == "lr" else config.options[name]
+
+    return {
+        name: jnp.asarray([value(c, name) for c in configs for _ in range(n_seeds)], jnp.float32)
+        for name in names
+    }
 
 
 def make_setup(config: RunConfig, info: ScenarioInfo, model: Any = None) -> Setup:
@@ -190,12 +259,22 @@ def load_data(bench: Benchmark, config: RunConfig, dataset: Dataset | None) -> D
     return check_dataset(dataset, bench)
 
 
-def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
+def prepare(
+    config: RunConfig, dataset: Dataset | None = None, configs: list[RunConfig] | None = None
+) -> Experiment:
     """Validate the config, load and check the data (unless given, then only check) and build streams and
-    strategy; every error is raised here, before anything compiles."""
+    strategy; every error is raised here, before anything compiles.
+
+    ``configs``: several configurations run side by side (a sweep), which may differ only in the
+    hyperparameters the programs take as inputs (:func:`traced_names`); ``config`` is then the first.
+    """
     config = config.resolved()
     bench = get_benchmark(config.benchmark)
     spec = get_strategy(config.strategy)
+    configs = [c.resolved() for c in configs] if configs else [config]
+    names = traced_names(spec, config)
+    for other in configs:
+        _check_same_program(config, other, names)
     dataset = load_data(bench, config, dataset)
     info = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
     seeds = config.seed_list
@@ -211,35 +290,75 @@ def prepare(config: RunConfig, dataset: Dataset | None = None) -> Experiment:
         )
         for seed in seeds
     ]
-    streams = stack_streams(per_seed)
+    streams = stack_streams(per_seed * len(configs))
     images = Images(
         *(jnp.asarray(a) for a in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y))
     )
     setup = make_setup(config, info)
     try:
+        for other in configs:  # every configuration's values are checked before anything compiles
+            strategy = spec.build(make_setup(other, info) if other is not config else setup, other.options)
         strategy = spec.build(setup, config.options)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return Experiment(config, info, setup, strategy, images, streams, seeds, bench)
+    return Experiment(
+        config,
+        info,
+        setup,
+        strategy,
+        images,
+        streams,
+        seeds,
+        bench,
+        hparams=stack_hparams(names, configs, len(seeds)),
+        configs=configs,
+        spec=spec,
+        built=strategy,
+    )
 
 
-def trained_model(exp: Experiment, states: Any) -> TrainedModel:
-    """The final states of a run with what predicting on raw images needs."""
-    bench = exp.benchmark or get_benchmark(exp.config.benchmark)
+def _check_same_program(config: RunConfig, other: RunConfig, names: tuple[str, ...]) -> None:
+    """Configurations run as one program may differ only in the traced hyperparameters ``names``."""
+    a, b = config.to_dict(), other.to_dict()
+    for key in ("lr", "options"):
+        a.pop(key), b.pop(key)
+    static_a = {k: v for k, v in config.options.items() if k not in names}
+    static_b = {k: v for k, v in other.options.items() if k not in names}
+    if a != b or static_a != static_b:
+        changed = sorted(k for k in {**a, **static_a} if {**a, **static_a}.get(k) != {**b, **static_b}.get(k))
+        raise ConfigError(
+            f"configs: runs of one program may differ only in {', '.join(names)}; these differ too: "
+            f"{', '.join(changed)} (run them as separate programs)"
+        )
+
+
+def trained_model(
+    exp: Experiment, states: Any, config: RunConfig | None = None, index: int = 0
+) -> TrainedModel:
+    """The final states of one configuration's runs (the ``index``-th) with what predicting needs."""
+    config = config or exp.config
+    bench = exp.benchmark or get_benchmark(config.benchmark)
+    n_seeds = len(exp.seeds)
+    streams = jax.tree.map(lambda x: np.asarray(x[index * n_seeds : (index + 1) * n_seeds]), exp.streams)
+    strategy = (
+        exp.strategy
+        if index == 0
+        else get_strategy(config.strategy).build(make_setup(config, exp.info), config.options)
+    )
 
     def shapes(tree: Any, seed_axis: bool) -> dict[str, Any]:
         return {k: [list(v.shape[int(seed_axis) :]), str(v.dtype)] for k, v in tree._asdict().items()}
 
     return TrainedModel(
-        config=exp.config.to_dict(),
+        config=config.to_dict(),
         info=exp.info,
-        strategy=exp.strategy,
+        strategy=strategy,
         states=states,
         seeds=list(exp.seeds),
         image_shape=tuple(exp.images.train_x.shape[1:]),
-        active=np.asarray(exp.streams.active),
-        pixel_perm=np.asarray(exp.streams.pixel_perm),
-        unit_classes=np.stack([unit_classes(bench, exp.config.scenario, s) for s in exp.seeds]),
+        active=streams.active,
+        pixel_perm=streams.pixel_perm,
+        unit_classes=np.stack([unit_classes(bench, config.scenario, s) for s in exp.seeds]),
         shapes={"images": shapes(exp.images, False), "stream": shapes(exp.streams, True)},
     )
 
@@ -293,8 +412,77 @@ def _save_samples(exp: Experiment, states: Any, context: int, folder: Path) -> N
     """A PNG grid of what the strategy's generator replays now, one file per seed."""
     key = jax.random.key(context)
     samples = jax.vmap(lambda s: exp.strategy.sample(s, key, 100))(states)
-    for seed, images in zip(exp.seeds, np.asarray(samples), strict=True):
+    for seed, images in zip(exp.run_seeds, np.asarray(samples), strict=True):
         write_png(folder / f"{exp.config.strategy}_seed{seed}_context{context + 1}.png", grid(images))
+
+
+# Compiled programs of this process, by everything that shapes them (see _program_key): a run that differs
+# from an earlier one only in the inputs (data, seeds' streams, traced hyperparameters) reuses them.
+_PROGRAMS: dict[tuple, tuple[Any, ...]] = {}
+_COMPILED_COUNT = [0]
+
+
+def programs_compiled() -> int:
+    """How many XLA programs this process has compiled for runs (a program found in the cache of
+    compiled programs of this process is not counted again)."""
+    return _COMPILED_COUNT[0]
+
+
+def clear_program_cache() -> None:
+    """Forget the compiled programs kept for later runs of this process."""
+    _PROGRAMS.clear()
+
+
+def _program_key(exp: Experiment, *trees: Any) -> tuple | None:
+    """What a run's programs depend on besides their inputs; None when it cannot be known (a strategy
+    replaced by hand), and the programs are then compiled afresh."""
+    if exp.strategy is not exp.built or exp.spec is None:
+        return None
+    cfg = exp.config
+    names = tuple(exp.hparams or ())
+    static = tuple(sorted((k, repr(v)) for k, v in cfg.options.items() if k not in names))
+    model = cfg.model if isinstance(cfg.model, str) else id(cfg.model)
+    shapes = tuple(
+        (str(jax.tree.structure(t)), tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", None)))
+                                           for x in jax.tree.leaves(t)))
+        for t in trees
+    )  # fmt: skip
+    return (exp.spec.name, id(exp.spec.build), names, static, model, exp.info, cfg.iters, cfg.batch_size,
+            exp.n_runs, shapes, jax.default_backend())  # fmt: skip
+
+
+def compile_programs(
+    exp: Experiment, images, streams, hparams, init_keys, keys0, c0, sharding
+) -> tuple[Any, ...]:
+    """The run's init, train and evaluate programs: from this process's cache, or lowered and compiled."""
+    key = _program_key(exp, images, streams, hparams, init_keys, keys0)
+    if key is not None and key in _PROGRAMS:
+        return _PROGRAMS[key]
+    progs = exp.programs()
+    sharded = {} if sharding is None else {"out_shardings": sharding}
+    init_jit = jax.jit(progs["init"], **sharded)
+    state_shapes = jax.eval_shape(init_jit, init_keys, images, streams, hparams)  # with the sharding, if any
+    compiled = tuple(
+        compile_all(
+            [
+                Program(lambda: init_jit.lower(init_keys, images, streams, hparams), runs_once=True),
+                Program(
+                    lambda: jax.jit(progs["train"], donate_argnums=0, **sharded).lower(
+                        state_shapes, images, streams, c0, keys0, hparams
+                    )
+                ),
+                Program(
+                    lambda: jax.jit(progs["evaluate"], **sharded).lower(
+                        state_shapes, images, streams, c0, hparams
+                    )
+                ),
+            ]
+        )
+    )
+    _COMPILED_COUNT[0] += len(compiled)
+    if key is not None:
+        _PROGRAMS[key] = compiled
+    return compiled
 
 
 def execute(
@@ -311,19 +499,42 @@ def execute(
     ``checkpoint_dir``: save everything after each context; with ``resume``, continue from the last one.
     ``log_dir``: per-context metrics as CSV (and TensorBoard events where available).
     """
-    cfg, n_ctx = exp.config, exp.info.n_contexts
+    if len(exp.run_configs) != 1:
+        raise ConfigError("execute: this experiment holds several configurations; use execute_runs")
+    return execute_runs(exp, quiet, save_samples, checkpoint_dir, resume, log_dir)[0]
+
+
+def execute_runs(
+    exp: Experiment,
+    quiet: bool = False,
+    save_samples: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log_dir: str | os.PathLike | None = None,
+) -> list[RunResult]:
+    """Every configuration x seed of ``exp`` as one program per context; one result per configuration."""
+    cfg, n_ctx, n_runs = exp.config, exp.info.n_contexts, exp.n_runs
     if save_samples is not None:
         if exp.strategy.sample is None:
             raise ConfigError(f"save_samples: strategy {cfg.strategy!r} has no generator to sample from")
         Path(save_samples).mkdir(parents=True, exist_ok=True)
     if resume and checkpoint_dir is None:
         raise ConfigError("resume: needs --checkpoint-dir, the folder of the run to continue")
-    checkpoints = Checkpoints(checkpoint_dir, cfg.to_dict(), resume) if checkpoint_dir is not None else None
+    checkpoint_config = cfg.to_dict()
+    if len(exp.run_configs) > 1:
+        checkpoint_config["sweep"] = [_json_ready(c.to_dict()) for c in exp.run_configs]
+    checkpoints = (
+        Checkpoints(checkpoint_dir, checkpoint_config, resume) if checkpoint_dir is not None else None
+    )
     wall_start = time.perf_counter()
-    by_seed = seed_sharding(len(exp.seeds))
-    place = placer(by_seed)
+    run_seeds = exp.run_seeds
+    by_run = seed_sharding(n_runs)
+    place = placer(by_run)
     images, streams = place(exp.images, whole=True), place(exp.streams)
-    base_keys = place(jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32)))
+    hparams = place(
+        exp.hparams if exp.hparams is not None else {"lr": jnp.full((n_runs,), cfg.lr, jnp.float32)}
+    )
+    base_keys = place(jax.vmap(jax.random.key)(jnp.asarray(run_seeds, dtype=jnp.uint32)))
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
 
     def context_keys(c: int) -> jax.Array:
@@ -332,30 +543,18 @@ def execute(
     def context_index(c: int) -> jax.Array:
         return place(jnp.asarray(c, jnp.int32), whole=True)
 
-    progs = exp.programs()
     t0 = time.perf_counter()
-    sharded = {} if by_seed is None else {"out_shardings": by_seed}
-    init_jit = jax.jit(progs["init"], **sharded)
-    state_shapes = jax.eval_shape(init_jit, init_keys, images, streams)  # with the seed sharding, if any
     c0 = context_index(0)
-    init, train, evaluate_all = compile_all(
-        [
-            Program(lambda: init_jit.lower(init_keys, images, streams), runs_once=True),
-            Program(
-                lambda: jax.jit(progs["train"], donate_argnums=0, **sharded).lower(
-                    state_shapes, images, streams, c0, context_keys(0)
-                )
-            ),
-            Program(lambda: jax.jit(progs["evaluate"], **sharded).lower(state_shapes, images, streams, c0)),
-        ]
+    init, train, evaluate_all = compile_programs(
+        exp, images, streams, hparams, init_keys, context_keys(0), c0, by_run
     )
     compile_seconds = time.perf_counter() - t0
-    states = init(init_keys, images, streams)
+    states = init(init_keys, images, streams, hparams)
 
     progress = {
-        "initial": np.asarray(evaluate_all(states, images, streams, c0)).tolist(),
-        "rows": [],  # per context: (seeds, contexts) accuracies in [0, 1]
-        "context_loss": [],  # per context: (seeds,)
+        "initial": np.asarray(evaluate_all(states, images, streams, c0, hparams)).tolist(),
+        "rows": [],  # per context: (runs, contexts) accuracies in [0, 1]
+        "context_loss": [],  # per context: (runs,)
         "train_seconds": 0.0,
     }
     start = 0
@@ -367,7 +566,7 @@ def execute(
         MetricsLog(
             log_dir,
             {"benchmark": cfg.benchmark_name, "scenario": cfg.scenario, "strategy": cfg.strategy},
-            exp.seeds,
+            run_seeds,
         )
         if log_dir is not None
         else None
@@ -384,11 +583,11 @@ def execute(
         for c in range(start, n_ctx):
             ctx = context_index(c)
             t = time.perf_counter()
-            states, step_metrics = train(states, images, streams, ctx, context_keys(c))
-            losses = np.asarray(step_metrics["loss"])  # (seeds, iters); also waits for the context to finish
+            states, step_metrics = train(states, images, streams, ctx, context_keys(c), hparams)
+            losses = np.asarray(step_metrics["loss"])  # (runs, iters); also waits for the context to finish
             elapsed = time.perf_counter() - t
-            _check_finite(losses, c, exp.seeds)
-            row = np.asarray(evaluate_all(states, images, streams, ctx))
+            _check_finite(losses, c, run_seeds)
+            row = np.asarray(evaluate_all(states, images, streams, ctx, hparams))
             progress["train_seconds"] += elapsed
             progress["rows"].append(row.tolist())
             progress["context_loss"].append(losses.mean(axis=1).tolist())
@@ -411,35 +610,52 @@ def execute(
         if checkpoints is not None:
             checkpoints.close()
 
-    acc = np.stack([np.asarray(r) for r in progress["rows"]], axis=1)  # (seeds, trained, tested)
+    acc = np.stack([np.asarray(r) for r in progress["rows"]], axis=1)  # (runs, trained, tested)
     initial = np.asarray(progress["initial"])
-    per_seed = [metrics.summarize(acc[s], initial[s]) for s in range(len(exp.seeds))]
-    finals = [m["final_avg_acc"] for m in per_seed]
-    mean, sem = metrics.mean_sem(finals)
-    train_seconds = progress["train_seconds"]
-    config_dict = cfg.to_dict()
-    config_dict["wall_seconds"] = time.perf_counter() - wall_start
-    return RunResult(
-        benchmark=cfg.benchmark_name,
-        scenario=cfg.scenario,
-        strategy=cfg.strategy,
-        seeds=exp.seeds,
-        acc_matrix=(100 * acc).tolist(),
-        initial_acc=(100 * initial).tolist(),
-        final_avg_acc=finals,
-        mean=mean,
-        sem=sem,
-        forgetting=[m["forgetting"] for m in per_seed],
-        bwt=[m["bwt"] for m in per_seed],
-        fwt=[m["fwt"] for m in per_seed],
-        train_seconds=train_seconds,
-        compile_seconds=compile_seconds,
-        iterations_per_second=n_ctx * cfg.iters / train_seconds if train_seconds else 0.0,
-        context_loss=np.asarray(progress["context_loss"]).T.tolist(),
-        config=config_dict,
-        environment={**environment(), "seed_devices": 1 if by_seed is None else by_seed.mesh.size},
-        model=trained_model(exp, states),
-    )
+    context_loss = np.asarray(progress["context_loss"]).T  # (runs, contexts)
+    wall_seconds = time.perf_counter() - wall_start
+    environment_info = {**environment(), "seed_devices": 1 if by_run is None else by_run.mesh.size}
+    n_seeds = len(exp.seeds)
+    results = []
+    for i, config in enumerate(exp.run_configs):
+        runs = slice(i * n_seeds, (i + 1) * n_seeds)
+        per_seed = [metrics.summarize(a, b) for a, b in zip(acc[runs], initial[runs], strict=True)]
+        finals = [m["final_avg_acc"] for m in per_seed]
+        mean, sem = metrics.mean_sem(finals)
+        train_seconds = progress["train_seconds"]
+        config_dict = config.to_dict()
+        config_dict["wall_seconds"] = wall_seconds
+        config_states = states if len(exp.run_configs) == 1 else jax.tree.map(lambda x, r=runs: x[r], states)
+        results.append(
+            RunResult(
+                benchmark=config.benchmark_name,
+                scenario=config.scenario,
+                strategy=config.strategy,
+                seeds=list(exp.seeds),
+                acc_matrix=(100 * acc[runs]).tolist(),
+                initial_acc=(100 * initial[runs]).tolist(),
+                final_avg_acc=finals,
+                mean=mean,
+                sem=sem,
+                forgetting=[m["forgetting"] for m in per_seed],
+                bwt=[m["bwt"] for m in per_seed],
+                fwt=[m["fwt"] for m in per_seed],
+                train_seconds=train_seconds,
+                compile_seconds=compile_seconds,
+                iterations_per_second=n_ctx * cfg.iters / train_seconds if train_seconds else 0.0,
+                context_loss=context_loss[runs].tolist(),
+                config=config_dict,
+                environment=environment_info,
+                model=trained_model(exp, config_states, config, i),
+            )
+        )
+    return results
+
+
+def _json_ready(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
 
 
 def run(

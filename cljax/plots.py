@@ -124,3 +124,46 @@ def plot_runs(runs: RunLike | Sequence[RunLike], out: str | os.PathLike) -> Path
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def plot_sweep(sweep: Mapping[str, Any], out: str | os.PathLike) -> Path:
+    """Final average accuracy against each swept value (mean +- SEM over seeds); one panel per key, one
+    line per combination of the other keys' values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid, entries = sweep["grid"], sweep["configs"]
+    keys = list(grid)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        others = [k for k in keys if k != key]
+        lines: dict[tuple, list[dict[str, Any]]] = {}
+        for entry in entries:
+            lines.setdefault(tuple(entry["values"][k] for k in others), []).append(entry)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid[key])
+        for label, members in lines.items():
+            x = [e["values"][key] for e in members]
+            positions = x if numeric else list(range(len(x)))
+            means = [float(np.mean(e["final_avg_acc"])) for e in members]
+            sems = [e["sem"] for e in members]
+            name = ", ".join(f"{k}={v}" for k, v in zip(others, label, strict=True)) or None
+            ax.errorbar(positions, means, yerr=sems, marker="o", capsize=3, label=name)
+            if not numeric:
+                ax.set_xticks(positions, [str(v) for v in x])
+        if numeric and min(grid[key]) > 0 and max(grid[key]) / min(grid[key]) >= 100:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("final average accuracy (%)")
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    scenario = SCENARIO_NAMES.get(sweep["scenario"], sweep["scenario"])
+    fig.suptitle(
+        f"{sweep['strategy']} on {sweep['benchmark']} ({scenario}), seeds {sweep['seeds']}", fontsize=10
+    )
+    out = Path(out)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
