@@ -35,8 +35,8 @@ def compiled_context(exp: Experiment) -> tuple[jax.stages.Compiled, dict[int, tu
     again and again on the same state) and its arguments for context indices 0 and 1."""
     programs = exp.programs()
     keys = jax.vmap(jax.random.key)(jnp.asarray(exp.seeds, dtype=jnp.uint32))
-    state = jax.jit(programs["init"])(keys, exp.images, exp.streams)
-    args = {c: (state, exp.images, exp.streams, jnp.asarray(c, jnp.int32), keys) for c in (0, 1)}
+    state = jax.jit(programs["init"])(keys, exp.images, exp.streams, exp.hparams)
+    args = {c: (state, exp.images, exp.streams, jnp.asarray(c, jnp.int32), keys, exp.hparams) for c in (0, 1)}
     return compile_lowered(jax.jit(programs["train"]).lower(*args[0])), args
 
 

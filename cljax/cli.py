@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cljax.config import ConfigError, RunConfig, validate
+from cljax.distributed import add_flags as add_distributed_flags
+from cljax.distributed import is_writer, join_from
 from cljax.presets import BENCHMARKS, SCENARIO_NAMES, SCENARIOS
 
 # The main job compares fine-tuning with the strongest method cljax has, in this order of preference.
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     _add_compile_cache_flag(run)
+    add_distributed_flags(run)
     _add_import_flag(run)
     listing = sub.add_parser("list", help="name the benchmarks, scenarios, strategies and models")
     _add_import_flag(listing)
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--quiet", action="store_true")
     _add_compile_cache_flag(sweep)
+    add_distributed_flags(sweep)
     _add_import_flag(sweep)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
@@ -297,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     configs = _configs(args)
     _check_output(args.out, args.overwrite)
+    join_from(args)  # several processes as one run (cljax.distributed), before JAX runs anything
     _compile_cache(args)
     _seed_devices(max(len(c.seed_list) for c in configs))
     results = []
@@ -319,7 +324,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("final average accuracy (%):")
         for r in results:
             print(f"  {r.strategy:<14} {r.mean:6.2f} +- {r.sem:.2f}   ({r.train_seconds:.1f} s training)")
-    if args.out:
+    if args.out and is_writer():
         payload = results[0].to_dict() if len(results) == 1 else {"runs": [r.to_dict() for r in results]}
         write_json(args.out, payload)
         print(f"wrote {args.out}")
@@ -391,6 +396,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = check_grid(config, parse_grid(args.grid))
     if args.out is not None and Path(args.out).is_file():
         raise ConfigError(f"out: {args.out} is a file; --out names a folder")
+    join_from(args)  # several processes as one sweep (cljax.distributed), before JAX runs anything
     _compile_cache(args)
     n_configs = 1
     for values in grid.values():
@@ -398,7 +404,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _seed_devices(n_configs * args.seeds)
     result = sweep(config, grid, out=args.out, quiet=args.quiet)
     print(result.markdown())
-    if args.out is not None:
+    if args.out is not None and is_writer():
         from cljax.sweep import SWEEP_FILES
 
         print(f"wrote {', '.join(str(Path(args.out) / name) for name in SWEEP_FILES)}")

@@ -30,11 +30,11 @@ from cljax.compilation import Program, compile_all, over_seeds
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.data.checks import check_dataset
-from cljax.devices import placer, seed_sharding
+from cljax.devices import gather_runs, gatherer, placer, seed_sharding
 from cljax.images import grid, write_png
 from cljax.logs import MetricsLog
 from cljax.losses import accuracy_counts
-from cljax.models import check_logits_shape, model_from
+from cljax.models import check_logits_shape, fast_convolutions, model_from
 from cljax.presets import Benchmark, get_benchmark
 from cljax.results import RunResult
 from cljax.scenarios import (
@@ -412,7 +412,7 @@ def _save_samples(exp: Experiment, states: Any, context: int, folder: Path) -> N
     """A PNG grid of what the strategy's generator replays now, one file per seed."""
     key = jax.random.key(context)
     samples = jax.vmap(lambda s: exp.strategy.sample(s, key, 100))(states)
-    for seed, images in zip(exp.run_seeds, np.asarray(samples), strict=True):
+    for seed, images in zip(exp.run_seeds, gatherer(exp.n_runs)(samples), strict=True):
         write_png(folder / f"{exp.config.strategy}_seed{seed}_context{context + 1}.png", grid(images))
 
 
@@ -458,11 +458,21 @@ def compile_programs(
     key = _program_key(exp, images, streams, hparams, init_keys, keys0)
     if key is not None and key in _PROGRAMS:
         return _PROGRAMS[key]
+    with fast_convolutions():  # every nn.Conv traced here gets gradients XLA:CPU runs fast inside a scan
+        compiled = _lower_and_compile(exp, images, streams, hparams, init_keys, keys0, c0, sharding)
+    _COMPILED_COUNT[0] += len(compiled)
+    if key is not None:
+        _PROGRAMS[key] = compiled
+    return compiled
+
+
+def _lower_and_compile(exp, images, streams, hparams, init_keys, keys0, c0, sharding) -> tuple[Any, ...]:
+    """Trace init, train and evaluate for these inputs and compile them (cljax.compilation.compile_all)."""
     progs = exp.programs()
     sharded = {} if sharding is None else {"out_shardings": sharding}
     init_jit = jax.jit(progs["init"], **sharded)
     state_shapes = jax.eval_shape(init_jit, init_keys, images, streams, hparams)  # with the sharding, if any
-    compiled = tuple(
+    return tuple(
         compile_all(
             [
                 Program(lambda: init_jit.lower(init_keys, images, streams, hparams), runs_once=True),
@@ -479,10 +489,6 @@ def compile_programs(
             ]
         )
     )
-    _COMPILED_COUNT[0] += len(compiled)
-    if key is not None:
-        _PROGRAMS[key] = compiled
-    return compiled
 
 
 def execute(
@@ -511,8 +517,13 @@ def execute_runs(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     log_dir: str | os.PathLike | None = None,
+    stop_on_nonfinite: bool = True,
 ) -> list[RunResult]:
-    """Every configuration x seed of ``exp`` as one program per context; one result per configuration."""
+    """Every configuration x seed of ``exp`` as one program per context; one result per configuration.
+
+    ``stop_on_nonfinite=False`` (sweeps): a run whose loss becomes NaN or infinite does not stop the
+    others; each result's ``diverged`` says, per seed, the first context where it did (else None).
+    """
     cfg, n_ctx, n_runs = exp.config, exp.info.n_contexts, exp.n_runs
     if save_samples is not None:
         if exp.strategy.sample is None:
@@ -530,9 +541,10 @@ def execute_runs(
     run_seeds = exp.run_seeds
     by_run = seed_sharding(n_runs)
     place = placer(by_run)
+    fetch = gatherer(n_runs)  # np.asarray of the runs' rows, gathered from every process (cljax.devices)
     images, streams = place(exp.images, whole=True), place(exp.streams)
     hparams = place(
-        exp.hparams if exp.hparams is not None else {"lr": jnp.full((n_runs,), cfg.lr, jnp.float32)}
+        exp.hparams if exp.hparams is not None else {"lr": jnp.full((n_runs,), cfg.lr or 0.0, jnp.float32)}
     )
     base_keys = place(jax.vmap(jax.random.key)(jnp.asarray(run_seeds, dtype=jnp.uint32)))
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
@@ -552,7 +564,7 @@ def execute_runs(
     states = init(init_keys, images, streams, hparams)
 
     progress = {
-        "initial": np.asarray(evaluate_all(states, images, streams, c0, hparams)).tolist(),
+        "initial": fetch(evaluate_all(states, images, streams, c0, hparams)).tolist(),
         "rows": [],  # per context: (runs, contexts) accuracies in [0, 1]
         "context_loss": [],  # per context: (runs,)
         "train_seconds": 0.0,
@@ -584,10 +596,15 @@ def execute_runs(
             ctx = context_index(c)
             t = time.perf_counter()
             states, step_metrics = train(states, images, streams, ctx, context_keys(c), hparams)
-            losses = np.asarray(step_metrics["loss"])  # (runs, iters); also waits for the context to finish
+            losses = fetch(step_metrics["loss"])  # (runs, iters); also waits for the context to finish
             elapsed = time.perf_counter() - t
-            _check_finite(losses, c, run_seeds)
-            row = np.asarray(evaluate_all(states, images, streams, ctx, hparams))
+            if stop_on_nonfinite:
+                _check_finite(losses, c, run_seeds)
+            bad = ~np.isfinite(losses).all(axis=1)
+            progress.setdefault("diverged", [None] * n_runs)
+            progress["diverged"] = [d if d is not None or not b else c + 1 for d, b in zip(
+                progress["diverged"], bad, strict=True)]  # fmt: skip
+            row = fetch(evaluate_all(states, images, streams, ctx, hparams))
             progress["train_seconds"] += elapsed
             progress["rows"].append(row.tolist())
             progress["context_loss"].append(losses.mean(axis=1).tolist())
@@ -610,6 +627,7 @@ def execute_runs(
         if checkpoints is not None:
             checkpoints.close()
 
+    states = gather_runs(states, n_runs)  # joined processes: whole in each (cljax.devices); else as is
     acc = np.stack([np.asarray(r) for r in progress["rows"]], axis=1)  # (runs, trained, tested)
     initial = np.asarray(progress["initial"])
     context_loss = np.asarray(progress["context_loss"]).T  # (runs, contexts)
@@ -644,6 +662,9 @@ def execute_runs(
                 compile_seconds=compile_seconds,
                 iterations_per_second=n_ctx * cfg.iters / train_seconds if train_seconds else 0.0,
                 context_loss=context_loss[runs].tolist(),
+                diverged=progress.get("diverged", [None] * n_runs)[runs]
+                if progress.get("diverged")
+                else None,
                 config=config_dict,
                 environment=environment_info,
                 model=trained_model(exp, config_states, config, i),

@@ -30,7 +30,7 @@ def distillation(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
     mask: jax.Array,
-    temperature: float = 2.0,
+    temperature: float | jax.Array = 2.0,
     t_squared: bool = False,
 ) -> jax.Array:
     """Knowledge distillation over active units, as the reference computes it (Hinton et al. 2015).
@@ -46,7 +46,10 @@ def distillation(
 
 
 def kl_distillation(
-    student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Array, temperature: float = 2.0
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    mask: jax.Array,
+    temperature: float | jax.Array = 2.0,
 ) -> jax.Array:
     """tau^2 KL(p_teacher || p_student) at temperature tau (the seed tutorial's form); 0 when they agree."""
     log_student = jax.nn.log_softmax(mask_logits(student_logits, mask) / temperature, axis=-1)

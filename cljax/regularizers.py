@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cljax.hyper import is_traced, number
+
 PROTOCOLS = ("nmi2022", "3s2019")
 
 Params = Any
@@ -83,8 +85,15 @@ def check_range(
     *,
     low_open: bool = False,
     high_open: bool = True,
-) -> float:
-    """``value`` as a float, or a ValueError naming the option and its valid range."""
+) -> float | jax.Array:
+    """``value`` as a float, or a ValueError naming the option and its valid range.
+
+    A traced value (a hyperparameter inside a compiled program) passes unchanged: its concrete value was
+    checked when the strategy was first built.
+    """
+    value = number(value)
+    if is_traced(value):
+        return value
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         value = float(value)

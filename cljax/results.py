@@ -39,6 +39,7 @@ class RunResult:
     context_loss: list[list[float]]  # (seeds, contexts): mean training loss over each context's iterations
     config: dict[str, Any]
     environment: dict[str, Any] = field(default_factory=dict)
+    diverged: list[int | None] | None = None  # sweeps: per seed, the first context whose loss was not finite
     model: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

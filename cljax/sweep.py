@@ -83,6 +83,8 @@ class SweepResult:
         ]
         for entry in self.configs:
             mark = " **best**" if entry["values"] == self.best["values"] else ""
+            if any(d is not None for d in entry.get("diverged") or []):
+                mark += " (loss not finite)"
             values = " | ".join(f"{entry['values'][k]:g}" if _is_number(entry["values"][k]) else str(
                 entry["values"][k]) for k in keys)  # fmt: skip
             seeds = ", ".join(f"{a:.2f}" for a in entry["final_avg_acc"])
@@ -123,6 +125,10 @@ def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return float(text)  # inf, nan: refused by check_grid with their own message
+    except ValueError:
         return text
 
 
@@ -215,7 +221,13 @@ def sweep(
     for number, members in enumerate(groups):
         exp = prepare(configs[members[0]], dataset, configs=[configs[i] for i in members])
         checkpoint_dir = Path(out) / "checkpoints" / f"program-{number}" if out is not None else None
-        group_results = execute_runs(exp, quiet=quiet, checkpoint_dir=checkpoint_dir, resume=True)
+        group_results = execute_runs(
+            exp,
+            quiet=quiet,
+            checkpoint_dir=checkpoint_dir,
+            resume=checkpoint_dir is not None,
+            stop_on_nonfinite=False,  # one diverging value must not end the whole grid
+        )
         compile_seconds += group_results[0].compile_seconds
         train_seconds += group_results[0].train_seconds
         for i, result in zip(members, group_results, strict=True):
@@ -230,9 +242,11 @@ def sweep(
                 "mean": result.mean,
                 "sem": result.sem,
                 "options": result.config["options"],
+                "diverged": result.diverged,
             }
         )
-    best = max(summary, key=lambda e: e["mean"])
+    finite = [e for e in summary if not any(d is not None for d in e["diverged"] or [])]
+    best = max(finite or summary, key=lambda e: e["mean"])
     import jax
 
     sweep_result = SweepResult(

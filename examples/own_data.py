@@ -24,15 +24,15 @@ CLASSES = 12
 
 
 class SmallCNN(nn.Module):
-    """conv 32 -> pool -> conv 64 -> pool -> dense 256 -> n_out logits."""
+    """conv 16 -> pool -> conv 32 -> pool -> dense 128 -> n_out logits."""
 
     n_out: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        for channels in (32, 64):
+        for channels in (16, 32):
             x = nn.max_pool(nn.relu(nn.Conv(channels, (3, 3))(x)), (2, 2), (2, 2))
-        x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+        x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.n_out)(x)
 
 
@@ -52,7 +52,7 @@ def load_arrays(data_dir: str | None) -> cljax.Dataset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=1000, help="iterations per context")
+    parser.add_argument("--iters", type=int, default=500, help="iterations per context")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--scenario", default="class")
     parser.add_argument("--data-dir", default=None)
@@ -60,7 +60,7 @@ def main() -> None:
 
     data = load_arrays(args.data_dir)
     protocol = cljax.Benchmark(
-        name="my-protocol", n_contexts=4, classes_per_context=3, iters=args.iters, lr=1e-3, batch_size=128
+        name="my-protocol", n_contexts=4, classes_per_context=3, iters=args.iters, lr=1e-3, batch_size=64
     )
     results = {
         strategy: cljax.run(

@@ -4,7 +4,8 @@ L2 pull: after each context, remember the parameters; while training the next on
 strength/2 * ||theta - theta_previous||^2 to the loss (EWC with the Fisher replaced by 1). Registered with
 ``cljax.register_strategy``, it runs through everything cljax's own strategies do: ``cljax.run``, the
 command line (``cljax run --import examples/own_method.py --strategy l2``), checkpoints, tables, and the
-result records its name and options.
+result records its name and options. Its strength is declared a hyperparameter, so
+``cljax sweep --import examples/own_method.py --strategy l2 --grid strength=0.1,1,10`` is one program.
 
     python examples/own_method.py --data-dir ../shared/data                  # split MNIST, Task-IL, 2 seeds
     python examples/own_method.py --scenario domain --seeds 5 --strength 10
@@ -37,10 +38,15 @@ def squared_distance(params: Any, anchor: Any) -> jax.Array:
     )
 
 
-@cljax.register_strategy("l2", defaults={"strength": 1.0}, summary="L2 pull towards the previous params")
+@cljax.register_strategy(
+    "l2",
+    defaults={"strength": 1.0},
+    hyperparameters=("strength",),  # an input of the compiled programs: sweeps over it share one program
+    summary="L2 pull towards the previous params",
+)
 def l2(setup: cljax.Setup, options: Mapping[str, Any]) -> cljax.Strategy:
     """Fine-tuning plus strength/2 ||theta - theta_prev||^2 from the second context on."""
-    strength = float(options["strength"])
+    strength = options["strength"]  # a traced scalar inside the programs: no Python `if` on it
 
     def init(key, images, stream):
         classifier = cljax.init_classifier(setup, key)

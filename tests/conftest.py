@@ -72,3 +72,13 @@ def disk_cache(tmp_path, monkeypatch):
     jax.monitoring.unregister_event_listener(listen)
     jax.config.update("jax_compilation_cache_dir", None)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True)
+def fresh_programs():
+    """Each test compiles its own programs: the engine's cache of compiled programs (which lets runs of one
+    process share them) is emptied before it, so tests that patch internals never get a stale program."""
+    from cljax.engine import clear_program_cache
+
+    clear_program_cache()
+    yield

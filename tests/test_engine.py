@@ -47,6 +47,7 @@ def test_a_repeated_run_loads_its_programs_from_the_disk_cache(tiny_data, disk_c
     first = cljax.execute(cljax.prepare(config, dataset=tiny_data), quiet=True)
     stored = {p.name for p in folder.iterdir()}
     assert stored and not hits
+    cljax.engine.clear_program_cache()  # as a new process would: nothing compiled in memory
     second = cljax.execute(cljax.prepare(config, dataset=tiny_data), quiet=True)
     assert len(hits) >= 3  # init, train and evaluate: loaded, not compiled
     assert {p.name for p in folder.iterdir()} == stored
@@ -60,10 +61,9 @@ def test_the_quickly_compiled_initialisation_gives_the_same_state(tiny_data, str
     config = cljax.RunConfig(strategy=strategy, scenario="class", seeds=2, iters=5, batch_size=8)
     exp = cljax.prepare(config, dataset=tiny_data)
     keys = jax.vmap(jax.random.key)(jax.numpy.asarray(exp.seeds, dtype=jax.numpy.uint32))
-    lowered = jax.jit(exp.programs()["init"]).lower(keys, exp.images, exp.streams)
-    quick, optimised = (
-        compile_lowered(lowered, runs_once)(keys, exp.images, exp.streams) for runs_once in (True, False)
-    )
+    args = (keys, exp.images, exp.streams, exp.hparams)
+    lowered = jax.jit(exp.programs()["init"]).lower(*args)
+    quick, optimised = (compile_lowered(lowered, runs_once)(*args) for runs_once in (True, False))
     assert jax.tree.structure(quick) == jax.tree.structure(optimised)
     for a, b in zip(jax.tree.leaves(quick), jax.tree.leaves(optimised), strict=True):
         np.testing.assert_array_equal(a, b)

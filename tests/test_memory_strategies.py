@@ -32,11 +32,11 @@ def train_all_contexts(exp):
     )
     programs = exp.programs()
     keys = jax.random.split(jax.random.key(0), len(exp.seeds))
-    states = programs["init"](keys, exp.images, exp.streams)  # op by op: cheaper than compiling
+    states = programs["init"](keys, exp.images, exp.streams, exp.hparams)  # op by op: cheaper than compiling
     train = jax.jit(programs["train"])
     for c in range(exp.info.n_contexts):
         ctx_keys = jax.vmap(lambda k, c=c: jax.random.fold_in(k, c + 1))(keys)
-        states, metrics = train(states, exp.images, exp.streams, jnp.int32(c), ctx_keys)
+        states, metrics = train(states, exp.images, exp.streams, jnp.int32(c), ctx_keys, exp.hparams)
         assert np.isfinite(np.asarray(metrics["loss"])).all()
     return states, traces
 

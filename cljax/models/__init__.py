@@ -2,6 +2,7 @@
 registry and the door a user's own network comes in by (:func:`model_from`)."""
 
 from cljax.models.classifiers import MLP, ConvNet, TutorialCNN
+from cljax.models.fast_conv import conv_general_dilated, fast_convolutions
 from cljax.models.generators import GENERATORS, VAE, CondVAE, Generator, GeneratorState, make_generator  # noqa: F401
 from cljax.models.layers import Conv, Linear, torch_uniform
 from cljax.models.registry import (
@@ -24,6 +25,8 @@ __all__ = [
     "ConvNet",
     "TutorialCNN",
     "check_logits_shape",
+    "conv_general_dilated",
+    "fast_convolutions",
     "make_classifier",
     "model_from",
     "module_name",

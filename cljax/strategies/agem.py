@@ -5,6 +5,9 @@ samples: if g . g_ref < 0, g <- g - (g . g_ref) / (|g_ref|^2 + 1e-7) g_ref. Prot
 NMI-2022 and GMvandeVen/continual-learning): 100 random samples per class, a reference batch of 128
 (Task-IL: every earlier context equally, losses averaged), the current loss unweighted. Published
 split-MNIST accuracy (NMI-2022): 98.54 (Task-IL), 87.67 (Domain-IL), 65.10 (Class-IL).
+
+No continuous options (``StrategySpec.hyperparameters`` is empty): the budget sets the memory's shape and
+the projection's eps is the reference's constant.
 """
 
 from __future__ import annotations

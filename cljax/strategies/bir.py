@@ -17,12 +17,21 @@ Replay: 128 samples per iteration from the frozen model; each is assigned an ear
 so Task-IL's contexts get equal shares, as the reference's ceil(128/(t-1)) per context) and a class of that
 context (Domain-IL: any class, with the context's gate), decoded from that class's prior mode.
 
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``temperature`` and ``dg_prop``.
+Whether the decoder has gates at all changes the program, so it is the static option ``gates``; left at
+``None`` it is resolved to ``dg_prop > 0`` before anything is built (:func:`resolve_gates`). Runs whose
+``dg_prop`` are all > 0 (or all 0) therefore share one program; a grid mixing 0 and > 0 splits into two,
+unless it sets ``gates=True`` (then ``dg_prop = 0`` draws all-ones masks: gated layers that gate nothing
+off, equal to no gates up to rounding). The masks are drawn once, at ``init``, from ``dg_prop``. Static:
+``z_dim``, ``replay_batch`` and ``units`` (shapes).
+
 Left out: internal (hidden-layer) replay, which needs conv layers; the split-MNIST models have none (the
 reference's ``depth=0``), so BI-R here equals the reference's on split and permuted MNIST.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,12 +41,62 @@ import jax
 import jax.numpy as jnp
 
 from cljax.batching import sample_context
+from cljax.hyper import is_traced, number
 from cljax.losses import cross_entropy, distillation, mask_logits, replay_weight
 from cljax.models.classifiers import MLP
 from cljax.models.generators import CondVAE, log_normal_diag, reconstruction_loss
 from cljax.models.registry import module_name
 from cljax.strategies.base import ClassifierState, Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.dgr import check_unit_interval, hidden_widths, positive_float, positive_int
+
+
+class TracedGatesVAE(CondVAE):
+    """:class:`CondVAE` whose gates exist whenever ``gate_size > 0``: whether there are gates is then a
+    static choice, so ``gate_prop`` may be a traced hyperparameter (the masks are drawn from it at ``init``,
+    with the same keys as CondVAE's). With ``gate_prop = 0`` the masks are all ones and gate nothing off."""
+
+    @property
+    def gated(self) -> bool:
+        return self.gate_size > 0
+
+
+def gate_proportion(value: Any) -> float | jax.Array:
+    """``dg_prop`` as a number in [0, 1), or a ValueError; a traced value passes (it was checked before)."""
+    value = number(value)
+    if is_traced(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"dg_prop: must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def has_gates(gates: Any, dg_prop: float | jax.Array) -> bool:
+    """Whether the decoder is gated: ``gates`` if set, else ``dg_prop > 0`` (which needs its concrete value;
+    :func:`resolve_gates` sets ``gates`` before anything is compiled)."""
+    if gates is None:
+        if is_traced(dg_prop):
+            raise ValueError(
+                "gates: must be True or False when dg_prop is traced (resolve the options first: "
+                "cljax.strategies.bir.resolve_gates)"
+            )
+        return dg_prop > 0
+    if not isinstance(gates, bool):
+        raise ValueError(f"gates: must be True, False or None (= dg_prop > 0), got {gates!r}")
+    if not gates and not is_traced(dg_prop) and dg_prop > 0:
+        raise ValueError(f"gates: False gates nothing, but dg_prop = {dg_prop} asks to gate units off")
+    return gates
+
+
+def resolve_gates(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
+    """A ``StrategySpec.resolve``: ``gates=None`` becomes ``dg_prop > 0``, so the options fix the program's
+    shape and ``dg_prop`` can be an input of it. An invalid ``dg_prop`` is left for ``build`` to report."""
+    del benchmark, scenario
+    if options.get("gates") is not None:
+        return options
+    try:
+        return {**options, "gates": gate_proportion(options.get("dg_prop")) > 0}
+    except ValueError:
+        return options
 
 
 class BIRState(flax.struct.PyTreeNode):
@@ -62,21 +121,19 @@ def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     temperature = positive_float("temperature", options["temperature"])
     replay_n = positive_int("replay_batch", options["replay_batch"])
     z_dim = positive_int("z_dim", options["z_dim"])
-    dg_prop = options["dg_prop"]
-    if isinstance(dg_prop, bool) or not isinstance(dg_prop, (int, float)) or not 0 <= dg_prop < 1:
-        raise ValueError(f"dg_prop: must be a number in [0, 1), got {dg_prop!r}")
+    dg_prop = gate_proportion(options["dg_prop"])
     domain = info.scenario == "domain"
     cpc, n_out, n_ctx = info.classes_per_context, info.n_out, info.n_contexts
-    gate_size = (n_ctx if domain else n_out) if dg_prop > 0 else 0
-    model = CondVAE(
+    gate_size = (n_ctx if domain else n_out) if has_gates(options["gates"], dg_prop) else 0
+    model = TracedGatesVAE(
         tuple(info.input_shape),
         n_out,
         hidden_widths(setup, options["units"]),
         z_dim,
         gate_size,
-        float(dg_prop),
+        dg_prop,
     )
-    n_pixels = float(jnp.prod(jnp.asarray(info.input_shape)))
+    n_pixels = float(math.prod(info.input_shape))  # a constant: no jnp op, which would be traced
 
     def variables(params, gates):
         return {"params": params, "gates": gates}
@@ -191,10 +248,18 @@ def bir_defaults(scenario: str) -> dict[str, Any]:
     """NMI-2022 split MNIST (reference ``param_values.py``).
 
     Decoder-gate proportion 0 / 0.1 / 0.1 (Task / Domain / Class), T = 2, z = 100, replay batch 128; the
-    hidden widths follow the classifier's (``units=None``: 400, the reference's fc_units).
+    hidden widths follow the classifier's (``units=None``: 400, the reference's fc_units); ``gates=None``:
+    gated exactly when ``dg_prop > 0``.
     """
     dg_prop = {"task": 0.0, "domain": 0.1, "class": 0.1}[scenario]
-    return {"temperature": 2.0, "dg_prop": dg_prop, "z_dim": 100, "replay_batch": 128, "units": None}
+    return {
+        "temperature": 2.0,
+        "dg_prop": dg_prop,
+        "gates": None,
+        "z_dim": 100,
+        "replay_batch": 128,
+        "units": None,
+    }
 
 
 SPECS = (
@@ -204,5 +269,7 @@ SPECS = (
         "brain-inspired replay: replay-through-feedback, class-conditional prior, decoder gates, "
         "distillation (van de Ven et al. 2020; NMI-2022 settings)",
         defaults=bir_defaults,
+        resolve=resolve_gates,
+        hyperparameters=("temperature", "dg_prop"),
     ),
 )

@@ -5,6 +5,9 @@ they were seen. The loss is CE(current) + alpha MSE(logits on a buffer batch, th
 + beta CE(a second buffer batch, its labels). Defaults alpha = beta = 0.5 (see ``ALPHA``); the buffer
 holds as many samples as ER's at equal budget: budget per class x classes of the stream (split MNIST:
 100 x 10 = 1000), or ``total_budget``.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``alpha`` and ``beta``. Static: the
+budget (the reservoir's shape).
 """
 
 from __future__ import annotations
@@ -99,5 +102,6 @@ SPECS = (
         "DER++: reservoir of samples and logits, CE + 0.5 MSE(logits) + 0.5 CE(memory) (Buzzega et al. 2020)",
         defaults=lambda scenario: {**BUDGET_OPTIONS, "alpha": ALPHA, "beta": BETA},
         resolve=budget_resolver(),
+        hyperparameters=("alpha", "beta"),
     ),
 )

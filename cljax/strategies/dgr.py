@@ -19,6 +19,11 @@ Shin et al. 2017 used WGAN-GP, see :func:`cljax.models.generators.gan_generator`
 Sampling z, generating, labelling, the classifier update and the generator update are one compiled step. In
 the first context there is nothing to replay, so a ``lax.cond`` on the (unbatched) context index skips that
 half of the work; both branches live in the same program, compiled once for every context.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``gen_lr`` (``None``, the default,
+is resolved to the generator's published rate before anything is built, :func:`resolve_generator`) and,
+for DGR+distill, ``temperature``. Static, as they change shapes or the program: ``generator``,
+``gen_units``, ``z_dim``, ``replay_batch`` and the flag ``t_squared``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from cljax.batching import sample_context
+from cljax.hyper import is_traced, number
 from cljax.losses import cross_entropy, distillation, mask_logits, replay_weight
-from cljax.models.generators import Generator, GeneratorState, make_generator
+from cljax.models.generators import GAN_LR, VAE_LR, Generator, GeneratorState, make_generator
 from cljax.scenarios import ScenarioInfo, Stream
 from cljax.strategies.base import (
     ClassifierState,
@@ -46,6 +52,9 @@ from cljax.strategies.base import (
 
 # (student_logits, teacher_logits, teacher_mask, student_mask) -> scalar, for one replay head.
 HeadLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+# Each generator's published learning rate, what ``gen_lr=None`` stands for (:func:`resolve_generator`).
+GENERATOR_LR = {"vae": VAE_LR, "gan": GAN_LR}
 
 
 class ReplayState(flax.struct.PyTreeNode):
@@ -109,8 +118,15 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
-def positive_float(name: str, value: Any) -> float:
-    """``value`` as a finite float > 0, or a ValueError naming the option."""
+def positive_float(name: str, value: Any) -> float | jax.Array:
+    """``value`` as a finite float > 0, or a ValueError naming the option.
+
+    A traced value (a hyperparameter inside a compiled program) passes unchanged: its concrete value was
+    checked when the strategy was first built.
+    """
+    value = number(value)
+    if is_traced(value):
+        return value
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -140,7 +156,10 @@ def check_unit_interval(setup: Setup, name: str) -> None:
 
 
 def build_generator(setup: Setup, options: Mapping[str, Any], strategy: str) -> Generator:
-    """The generator the options ask for (``generator``, ``gen_units``, ``z_dim``, ``gen_lr``)."""
+    """The generator the options ask for (``generator``, ``gen_units``, ``z_dim``, ``gen_lr``).
+
+    ``gen_lr`` may be traced (a hyperparameter): it only scales the generator's Adam updates.
+    """
     check_unit_interval(setup, strategy)
     lr = options.get("gen_lr")
     return make_generator(
@@ -150,6 +169,16 @@ def build_generator(setup: Setup, options: Mapping[str, Any], strategy: str) -> 
         positive_int("z_dim", options.get("z_dim", 100)),
         None if lr is None else positive_float("gen_lr", lr),
     )
+
+
+def resolve_generator(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
+    """A ``StrategySpec.resolve``: ``gen_lr=None`` becomes the generator's published rate (VAE 0.001, GAN
+    2e-4), so the rate that ran is recorded and ``gen_lr`` is always a number, an input of the compiled
+    programs. An unknown generator is left for ``build`` to report."""
+    del benchmark, scenario
+    if options.get("gen_lr") is not None or options.get("generator", "vae") not in GENERATOR_LR:
+        return options
+    return {**options, "gen_lr": GENERATOR_LR[options.get("generator", "vae")]}
 
 
 def generative_replay(
@@ -276,11 +305,15 @@ SPECS = (
         dgr,
         "deep generative replay, hard targets (Shin et al. 2017; VAE and settings of NMI-2022 / 3S-2019)",
         defaults=dgr_defaults,
+        resolve=resolve_generator,
+        hyperparameters=("gen_lr",),
     ),
     StrategySpec(
         "dgr-distill",
         dgr_distill,
         "deep generative replay with distillation at T = 2 (3S-2019's DGR+distill)",
         defaults=dgr_distill_defaults,
+        resolve=resolve_generator,
+        hyperparameters=("gen_lr", "temperature"),
     ),
 )

@@ -5,6 +5,8 @@ class are stored at the end of each context; every iteration adds a replay batch
 and the loss is (1/t) L_current + (1 - 1/t) L_replay for the t-th context; Task-IL replays every earlier
 context equally (ceil(128/(t-1)) each, losses averaged). Published split-MNIST accuracy (NMI-2022):
 93.75 (Domain-IL), 88.79 (Class-IL).
+
+No continuous options (``StrategySpec.hyperparameters`` is empty): the budget sets the memory's shape.
 """
 
 from __future__ import annotations

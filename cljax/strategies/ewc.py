@@ -26,6 +26,9 @@ Options (defaults: NMI-2022 for ``ewc``, 3S-2019 for ``online-ewc``, shared/PROT
 - ``fisher_labels``: ``all`` (exact Fisher, labels weighted by predicted probabilities: NMI-2022),
   ``pred`` (the predicted label: 3S-2019), ``sample`` or ``true`` (empirical Fisher).
 - ``fisher_n``: samples for the Fisher, drawn without replacement; ``None`` = every sample of the context.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``lambda`` and, for online EWC,
+``gamma``. Static: ``protocol``, ``fisher_labels`` (which Fisher is computed) and ``fisher_n`` (a shape).
 """
 
 from __future__ import annotations
@@ -237,6 +240,7 @@ SPECS = (
         "EWC, one Fisher penalty per context (NMI-2022 lambda 1e5/1e10/1e9, exact Fisher)",
         defaults=ewc_defaults,
         resolve=protocol_resolver(EWC_PUBLISHED, EWC_PUBLISHED_BY_BENCHMARK),
+        hyperparameters=("lambda",),
     ),
     StrategySpec(
         "online-ewc",
@@ -244,5 +248,6 @@ SPECS = (
         "online EWC, one running Fisher (3S-2019 lambda 1e8/1e8/1e9, gamma 0.8/0.7/0.8)",
         defaults=online_ewc_defaults,
         resolve=protocol_resolver(ONLINE_EWC_PUBLISHED),
+        hyperparameters=("lambda", "gamma"),
     ),
 )

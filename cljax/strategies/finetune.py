@@ -1,4 +1,7 @@
-"""Baselines: fine-tuning on each context in turn (``none``) and training on all contexts (``joint``)."""
+"""Baselines: fine-tuning on each context in turn (``none``) and training on all contexts (``joint``).
+
+Neither has options; the only continuous setting, the classifier's learning rate, is the engine's.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ cross-entropy over the classes seen so far, whose targets for the classes of ear
 previous model's sigmoid(z / T) (binary distillation, T = 2); classification is by the nearest mean of
 exemplars. Protocol (shared/PROTOCOL.md; 3S-2019, GMvandeVen/continual-learning): a total budget of 2000
 shared by the classes seen so far (split MNIST Class-IL: 94.57 +- 0.11). Class-IL only.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``temperature``. Static: the budget
+(``total_budget`` / ``budget``: the memory's shape).
 """
 
 from __future__ import annotations
@@ -138,5 +141,6 @@ SPECS = (
         scenarios=("class",),
         defaults=lambda scenario: {**BUDGET_OPTIONS, "temperature": TEMPERATURE},
         resolve=budget_resolver(TOTAL_BUDGET),
+        hyperparameters=("temperature",),
     ),
 )

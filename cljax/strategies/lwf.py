@@ -25,6 +25,9 @@ Options (defaults: NMI-2022, shared/PROTOCOL.md):
   :func:`cljax.losses.kl_distillation`).
 - ``t_squared``: multiply the ``ce`` form by T^2; ``None`` = the protocol's choice (NMI-2022 no,
   3S-2019 yes). The ``kl`` form always carries T^2.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``temperature``. Static:
+``protocol``, ``kd`` and ``t_squared`` (they choose the loss's form).
 """
 
 from __future__ import annotations
@@ -155,5 +158,6 @@ SPECS = (
         "learning without forgetting, distillation from the previous model (NMI-2022 weighting, T = 2)",
         defaults=lwf_defaults,
         resolve=protocol_resolver(LWF_PUBLISHED),
+        hyperparameters=("temperature",),
     ),
 )

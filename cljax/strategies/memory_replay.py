@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax.batching import Batch, gather
+from cljax.hyper import is_traced, number
 from cljax.losses import mask_logits
 from cljax.memory import BufferState, Candidates, Draw, class_balanced, l2_normalize, truncate
 from cljax.memory import sample as buffer_sample
@@ -46,8 +47,15 @@ def _int_option(name: str, value: Any) -> int | None:
     return value
 
 
-def float_option(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
-    """A finite float option >= ``minimum`` (> when ``strict``), or a ValueError naming it."""
+def float_option(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float | jax.Array:
+    """A finite float option >= ``minimum`` (> when ``strict``), or a ValueError naming it.
+
+    A traced value (a hyperparameter inside a compiled program) passes unchanged: its concrete value was
+    checked when the strategy was first built.
+    """
+    value = number(value)
+    if is_traced(value):
+        return value
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < minimum or (strict and value == minimum):
         bound = f"{'>' if strict else '>='} {minimum:g}"

@@ -16,6 +16,9 @@ Options (defaults: NMI-2022, shared/PROTOCOL.md):
   optimizer receives, penalty included, which is what the reference reads from ``p.grad`` after
   ``loss_total.backward()`` (models/cl/continual_learner.py ``update_importance_estimates``);
   ``current``: the current context's loss alone, as Zenke et al. describe it.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``c`` and ``damping``. Static:
+``protocol`` and ``path_gradient`` (which gradient the program accumulates).
 """
 
 from __future__ import annotations
@@ -148,5 +151,6 @@ SPECS = (
         "synaptic intelligence, path-integral importance (NMI-2022 c 10/5e4/5e3, damping 0.1)",
         defaults=si_defaults,
         resolve=protocol_resolver(SI_PUBLISHED, SI_PUBLISHED_BY_BENCHMARK),
+        hyperparameters=("c", "damping"),
     ),
 )

@@ -11,6 +11,10 @@ conventions, not numbers from a paper. The generator is the reference VAE by def
 gives the MLP GAN); it is trained on current and replayed samples weighted (1/t, 1 - 1/t) as in DGR, so that
 every context keeps an equal share of what it replays. Scenario handling (which output units are distilled)
 is DGR's; see :mod:`cljax.strategies.dgr`.
+
+Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``lam``, ``tau`` and ``gen_lr``
+(``None`` resolved to the generator's published rate). Static: ``replay_ratio`` (it sets the replay batch's
+size), ``generator``, ``gen_units`` and ``z_dim``.
 """
 
 from __future__ import annotations
@@ -23,16 +27,15 @@ import jax.numpy as jnp
 
 from cljax.losses import kl_distillation, mask_logits
 from cljax.strategies.base import Setup, Strategy, StrategySpec
-from cljax.strategies.dgr import build_generator, generative_replay, positive_float
+from cljax.strategies.dgr import build_generator, generative_replay, positive_float, resolve_generator
+from cljax.strategies.memory_replay import float_option
 
 
 def tutorial(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """Generative replay with lam-weighted tau^2 KL distillation on ``replay_ratio`` x batch samples."""
     options = {**tutorial_defaults(setup.info.scenario), **dict(options or {})}
     generator = build_generator(setup, options, "tutorial")
-    lam = options["lam"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-        raise ValueError(f"lam: must be a number >= 0, got {lam!r}")
+    lam = float_option("lam", options["lam"])
     tau = positive_float("tau", options["tau"])
     replay_n = max(1, round(positive_float("replay_ratio", options["replay_ratio"]) * setup.batch_size))
 
@@ -41,7 +44,7 @@ def tutorial(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy
 
     def weights(context: jax.Array) -> tuple[jax.Array, jax.Array]:
         del context
-        return jnp.float32(1.0), jnp.float32(lam)
+        return jnp.float32(1.0), jnp.asarray(lam, jnp.float32)
 
     return generative_replay(setup, generator, replay_n, head_loss, weights)
 
@@ -67,5 +70,7 @@ SPECS = (
         "the seed tutorial's generative replay: CE + lam tau^2 KL(p_old || p_new) on generated samples "
         "(use --model cnn for its CNN; defaults are the tutorial's, not a paper's)",
         defaults=tutorial_defaults,
+        resolve=resolve_generator,
+        hyperparameters=("lam", "tau", "gen_lr"),
     ),
 )
