@@ -3,8 +3,6 @@ route handle it, and what cannot take it (BI-R) says so clearly."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,15 +82,15 @@ class DenseTwin(nn.Module):
 FAST = {"gen_units": 32, "z_dim": 8, "replay_batch": 32, "budget": 10}  # where a strategy has them
 
 
-def train_with(model: nn.Module, strategy: str, data, iters: int = 25) -> cljax.RunResult:
-    """A tiny split-MNIST Class-IL run of ``strategy`` whose classifier is ``model``."""
+def train_with(model, strategy: str, data, iters: int = 25) -> cljax.RunResult:
+    """A tiny split-MNIST Class-IL run of ``strategy`` whose classifier is ``model``, through the public door
+    (``cljax.run(model=...)``)."""
     spec = REGISTRY[strategy]
     options = {k: v for k, v in FAST.items() if k in spec.defaults("class")}
-    config = cljax.RunConfig(scenario="class", strategy=strategy, iters=iters, batch_size=32, options=options)
-    exp = cljax.prepare(config, dataset=data)
-    setup = exp.setup._replace(model=model)
-    exp = dataclasses.replace(exp, setup=setup, strategy=spec.build(setup, exp.config.options))
-    return cljax.execute(exp, quiet=True)
+    config = cljax.RunConfig(
+        scenario="class", strategy=strategy, iters=iters, batch_size=32, options=options, model=model
+    )
+    return cljax.run(config, dataset=data, quiet=True)
 
 
 def assert_trained(result: cljax.RunResult) -> None:
@@ -104,7 +102,9 @@ def assert_trained(result: cljax.RunResult) -> None:
 
 @pytest.mark.parametrize("strategy", [s for s in REGISTRY if s != "bir"])
 def test_every_strategy_trains_a_user_linen_mlp(tiny_data, strategy):
-    assert_trained(train_with(UserMLP(10), strategy, tiny_data))
+    result = train_with(UserMLP, strategy, tiny_data)
+    assert_trained(result)
+    assert result.config["model"] == "UserMLP"
 
 
 def test_bir_refuses_a_user_network_in_one_clear_line(tiny_data):
@@ -124,7 +124,9 @@ def test_an_nnx_network_trains_through_the_bridge_with_its_own_features(tiny_dat
     module, name = model_from(NNXMnist, 10)
     assert name == "NNXMnist"
     check_logits_shape(module, (28, 28, 1), 10)
-    assert_trained(train_with(module, "icarl", tiny_data))  # nearest mean of exemplars on its `features`
+    result = train_with(NNXMnist, "icarl", tiny_data)  # nearest mean of exemplars on its `features`
+    assert_trained(result)
+    assert result.config["model"] == "NNXMnist"
 
 
 # ------------------------------------------------------------------------------------------ the Fisher
