@@ -49,16 +49,28 @@ def devices_for_seeds(n_seeds: int, cores: int) -> int:
     return next(d for d in range(cores, n_seeds + 1) if n_seeds % d == 0)
 
 
-def use_host_devices(n_seeds: int) -> int:
+# At most this many host devices, one per run, for a sweep (more only add threads).
+MAX_DEVICES_PER_RUN = 64
+
+
+def use_host_devices(n_seeds: int, one_per_run: bool = False) -> int:
     """Before JAX starts: expose as many CPU devices as :func:`devices_for_seeds` asks for.
 
+    ``one_per_run`` (sweeps): one device per run (up to :data:`MAX_DEVICES_PER_RUN`, a divisor of the
+    runs), so that every run computes its products unbatched, bit for bit as it would alone: products
+    batched over several runs round differently, and over thousands of steps such differences grow to
+    points of accuracy (a split-MNIST EWC seed: 64.30 % in a batch of four runs, 63.94 % alone).
     Returns the number of CPU devices in use. A count the user set (``JAX_NUM_CPU_DEVICES``) is kept, and
     once JAX has run anything the count can no longer change.
     """
     from cljax.distributed import process_count_hint
 
     # joined processes share the runs: each process's devices are for its own share
-    wanted = devices_for_seeds(math.ceil(n_seeds / process_count_hint()), cpu_cores())
+    share = math.ceil(n_seeds / process_count_hint())
+    if one_per_run:
+        wanted = max(d for d in range(1, min(share, MAX_DEVICES_PER_RUN) + 1) if share % d == 0)
+    else:
+        wanted = devices_for_seeds(share, cpu_cores())
     if wanted > 1 and "JAX_NUM_CPU_DEVICES" not in os.environ:
         try:
             jax.config.update("jax_num_cpu_devices", wanted)
