@@ -31,6 +31,7 @@ from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.data.checks import check_dataset
 from cljax.devices import gather_runs, gatherer, placer, seed_sharding
+from cljax.hyper import is_number
 from cljax.images import grid, write_png
 from cljax.logs import MetricsLog
 from cljax.losses import accuracy_counts
@@ -181,12 +182,8 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
 def traced_names(spec: StrategySpec, config: RunConfig) -> tuple[str, ...]:
     """The hyperparameters the programs take as inputs: ``lr`` and the strategy's declared continuous
     options that hold a number in this config (one left at None keeps its own meaning, as a constant)."""
-    declared = [k for k in spec.hyperparameters if _is_number(config.options.get(k))]
+    declared = [k for k in spec.hyperparameters if is_number(config.options.get(k))]
     return ("lr", *declared)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def stack_hparams(names: tuple[str, ...], configs: list[RunConfig], n_seeds: int) -> Hyper:

@@ -23,6 +23,12 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a concrete real number (Python or NumPy, not a bool): a value a program can
+    take as a hyperparameter input."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def number(value: Any) -> Any:
     """A 0-d NumPy or JAX array (or NumPy scalar) as a Python number, so validators accept it; else ``value``.
 

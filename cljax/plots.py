@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cljax.hyper import is_number
 from cljax.metrics import average_accuracy_curve
 from cljax.presets import SCENARIO_NAMES
 from cljax.results import RunResult
@@ -142,7 +143,7 @@ def plot_sweep(sweep: Mapping[str, Any], out: str | os.PathLike) -> Path:
         lines: dict[tuple, list[dict[str, Any]]] = {}
         for entry in entries:
             lines.setdefault(tuple(entry["values"][k] for k in others), []).append(entry)
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid[key])
+        numeric = all(is_number(v) for v in grid[key])
         for label, members in lines.items():
             x = [e["values"][key] for e in members]
             positions = x if numeric else list(range(len(x)))

@@ -26,6 +26,7 @@ from typing import Any
 
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset
+from cljax.hyper import is_number
 from cljax.results import RunResult, write_json
 
 # Run settings a grid may sweep besides the strategy's options; lr is continuous, the others static.
@@ -85,7 +86,7 @@ class SweepResult:
             mark = " **best**" if entry["values"] == self.best["values"] else ""
             if any(d is not None for d in entry.get("diverged") or []):
                 mark += " (loss not finite)"
-            values = " | ".join(f"{entry['values'][k]:g}" if _is_number(entry["values"][k]) else str(
+            values = " | ".join(f"{entry['values'][k]:g}" if is_number(entry["values"][k]) else str(
                 entry["values"][k]) for k in keys)  # fmt: skip
             seeds = ", ".join(f"{a:.2f}" for a in entry["final_avg_acc"])
             lines.append(f"| {values} | {entry['mean']:.2f} +- {entry['sem']:.2f}{mark} | {seeds} |")
@@ -99,10 +100,6 @@ class SweepResult:
             f"{env.get('process_count', 1)} process(es).",
         ]
         return "\n".join(lines) + "\n"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -154,10 +151,10 @@ def check_grid(config: RunConfig, grid: Mapping[str, Sequence[Any]]) -> dict[str
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"grid: {key!r} lists a value twice: {values}")
         kinds = {type(v) for v in values if v is not None}
-        if any(_is_number(v) for v in values) and not all(_is_number(v) for v in values if v is not None):
+        if any(is_number(v) for v in values) and not all(is_number(v) for v in values if v is not None):
             raise ConfigError(f"grid: {key!r} mixes numbers and other values: {values}")
         for v in values:
-            if _is_number(v) and not math.isfinite(v):
+            if is_number(v) and not math.isfinite(v):
                 raise ConfigError(f"grid: {key!r} has a non-finite value {v!r}; every value must be finite")
         if key in spec.hyperparameters and len(kinds) > 1 and not kinds <= {int, float}:
             raise ConfigError(f"grid: {key!r} mixes kinds of values: {values}")
