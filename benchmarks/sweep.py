@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.host_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.host_devices)
     else:
-        use_host_devices(args.k * args.seeds, one_per_run=True)  # as `cljax sweep` does before JAX starts
+        use_host_devices(args.k * args.seeds)  # as `cljax sweep` does before JAX starts
     from cljax.engine import environment, load_data
     from cljax.presets import get_benchmark
 

@@ -288,11 +288,11 @@ def _compile_cache(args: argparse.Namespace) -> None:
         enable_compilation_cache()
 
 
-def _seed_devices(n_seeds: int, one_per_run: bool = False) -> None:
-    """Spread the seeds over host devices (cljax.devices); called before JAX runs anything."""
+def _seed_devices(n_runs: int) -> None:
+    """Spread the runs over host devices (cljax.devices); called before JAX runs anything."""
     from cljax.devices import use_host_devices
 
-    use_host_devices(n_seeds, one_per_run)
+    use_host_devices(n_runs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -401,7 +401,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     n_configs = 1
     for values in grid.values():
         n_configs *= len(values)
-    _seed_devices(n_configs * args.seeds, one_per_run=True)  # each run as it computes alone
+    _seed_devices(n_configs * args.seeds)
     result = sweep(config, grid, out=args.out, quiet=args.quiet)
     print(result.markdown())
     if args.out is not None and is_writer():

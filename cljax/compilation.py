@@ -23,6 +23,7 @@ at every compile.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from typing import Any
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+from jax.sharding import Mesh, PartitionSpec
 
 from cljax.data.locate import cache_dir
 
@@ -129,6 +131,11 @@ def over_seeds(fn: Callable[..., Any], in_axes: tuple[int | None, ...], n_seeds:
     """
     if n_seeds != 1:
         return jax.vmap(fn, in_axes=in_axes)
+    return _one_run(fn, in_axes)
+
+
+def _one_run(fn: Callable[..., Any], in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+    """``fn`` on a run axis of length one: dropped before, put back after (no batched products)."""
 
     def single(*args):
         args = [
@@ -138,3 +145,53 @@ def over_seeds(fn: Callable[..., Any], in_axes: tuple[int | None, ...], n_seeds:
         return jax.tree.map(lambda x: x[None], fn(*args))
 
     return single
+
+
+def one_after_another(
+    fn: Callable[..., Any], in_axes: tuple[int | None, ...], n_runs: int
+) -> Callable[..., Any]:
+    """``fn`` per run, the runs computed one after another (``lax.map``), each with unbatched products.
+
+    Every run then computes exactly what it computes alone, however many runs share the device.
+    """
+    if n_runs == 1:
+        return _one_run(fn, in_axes)
+    mapped = [i for i, axis in enumerate(in_axes) if axis is not None]
+
+    def sequential(*args):
+        def one(xs):
+            full = list(args)
+            for i, x in zip(mapped, xs, strict=True):
+                full[i] = x
+            return fn(*full)
+
+        return jax.lax.map(one, [args[i] for i in mapped])
+
+    return sequential
+
+
+def over_runs(
+    fn: Callable[..., Any], in_axes: tuple[int | None, ...], n_runs: int, mesh: Mesh | None = None
+) -> Callable[..., Any]:
+    """``fn`` over the leading run axis of its ``in_axes == 0`` arguments, laid out for the backend.
+
+    On an accelerator the runs are one batch (``jax.vmap``), which the devices' sharding splits. On the CPU
+    each device computes its runs one after another (:func:`one_after_another`; inside ``jax.shard_map``
+    when the runs are sharded over host devices, ``mesh``). Batched products round differently from a run
+    computed alone, and over thousands of steps such differences grow to points of accuracy; unbatched, a
+    run of a sweep or of several seeds computes what it computes beside any other runs, and for the small
+    products of the split-MNIST protocol batching gains nothing on a CPU (benchmarks/README.md).
+    """
+    if jax.default_backend() != "cpu":
+        return over_seeds(fn, in_axes, n_runs)
+    if mesh is None:
+        return one_after_another(fn, in_axes, n_runs)
+    local = math.ceil(n_runs / mesh.size)
+    runs = PartitionSpec(mesh.axis_names)
+    return jax.shard_map(
+        one_after_another(fn, in_axes, local),
+        mesh=mesh,
+        in_specs=tuple(PartitionSpec() if axis is None else runs for axis in in_axes),
+        out_specs=runs,
+        check_vma=False,
+    )

@@ -1,11 +1,10 @@
-"""Several seeds side by side on the CPU's cores: the seed axis of one program sharded over host devices.
+"""Several runs side by side on the CPU's cores: the run axis of one program sharded over host devices.
 
-On one XLA CPU device, a run of several seeds is one program whose matrix products are batched over the
-seeds and split between the cores; for the small products of the split-MNIST protocol that split costs
-more than it gains. XLA can instead expose the CPU as several devices: with the seed axis sharded over
-them, each device trains its own seeds with no communication at all, and the cores are busy with
-independent work. On this project's two cores a 5-seed split-MNIST `none` run over 5 devices trained in
-96-98 s against 104-107 s on one (benchmarks/README.md). The number of devices is fixed when JAX starts,
+XLA can expose the CPU as several devices: with the run (seed) axis sharded over them, each device trains
+its own runs with no communication at all, one after another and unbatched
+(:func:`cljax.compilation.over_runs`), and the cores are busy with independent work. Batching the runs'
+products on one device instead costs more than it gains for the small products of the split-MNIST
+protocol, and more devices than cores only add threads. The number of devices is fixed when JAX starts,
 so the command line asks for them before anything runs (``JAX_NUM_CPU_DEVICES`` overrides it); the engine
 then uses whatever devices there are. A library user can call :func:`use_host_devices` first.
 
@@ -49,28 +48,18 @@ def devices_for_seeds(n_seeds: int, cores: int) -> int:
     return next(d for d in range(cores, n_seeds + 1) if n_seeds % d == 0)
 
 
-# At most this many host devices, one per run, for a sweep (more only add threads).
-MAX_DEVICES_PER_RUN = 64
+def use_host_devices(n_runs: int) -> int:
+    """Before JAX starts: expose as many CPU devices as :func:`devices_for_seeds` asks for ``n_runs``.
 
-
-def use_host_devices(n_seeds: int, one_per_run: bool = False) -> int:
-    """Before JAX starts: expose as many CPU devices as :func:`devices_for_seeds` asks for.
-
-    ``one_per_run`` (sweeps): one device per run (up to :data:`MAX_DEVICES_PER_RUN`, a divisor of the
-    runs), so that every run computes its products unbatched, bit for bit as it would alone: products
-    batched over several runs round differently, and over thousands of steps such differences grow to
-    points of accuracy (a split-MNIST EWC seed: 64.30 % in a batch of four runs, 63.94 % alone).
+    Each device computes its runs one after another, unbatched (:func:`cljax.compilation.over_runs`), so
+    a run of a sweep or of several seeds computes what it computes beside any other runs.
     Returns the number of CPU devices in use. A count the user set (``JAX_NUM_CPU_DEVICES``) is kept, and
     once JAX has run anything the count can no longer change.
     """
     from cljax.distributed import process_count_hint
 
     # joined processes share the runs: each process's devices are for its own share
-    share = math.ceil(n_seeds / process_count_hint())
-    if one_per_run:
-        wanted = max(d for d in range(1, min(share, MAX_DEVICES_PER_RUN) + 1) if share % d == 0)
-    else:
-        wanted = devices_for_seeds(share, cpu_cores())
+    wanted = devices_for_seeds(math.ceil(n_runs / process_count_hint()), cpu_cores())
     if wanted > 1 and "JAX_NUM_CPU_DEVICES" not in os.environ:
         try:
             jax.config.update("jax_num_cpu_devices", wanted)

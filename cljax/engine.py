@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from cljax import metrics, optim
 from cljax.batching import gather
 from cljax.checkpoint import Checkpoints
-from cljax.compilation import Program, compile_all, over_seeds
+from cljax.compilation import Program, compile_all, over_runs
 from cljax.config import ConfigError, RunConfig
 from cljax.data import Dataset, load_dataset
 from cljax.data.checks import check_dataset
@@ -153,18 +154,22 @@ class Experiment:
 
         return build
 
-    def programs(self) -> dict[str, Callable]:
-        """The programs of every run (leading axis), not yet compiled; each takes the runs' hparams last."""
+    def programs(self, mesh: Mesh | None = None) -> dict[str, Callable]:
+        """The programs of every run (leading axis), not yet compiled; each takes the runs' hparams last.
+
+        ``mesh``: the devices the run axis is sharded over (:func:`cljax.compilation.over_runs`).
+        """
         build, info, iters, n = self.strategy_of(), self.info, self.setup.iters, self.n_runs
         return {
-            "init": over_seeds(lambda k, im, st, h: build(h).init(k, im, st), (0, None, 0, 0), n),
-            "train": over_seeds(
+            "init": over_runs(lambda k, im, st, h: build(h).init(k, im, st), (0, None, 0, 0), n, mesh),
+            "train": over_runs(
                 lambda s, im, st, c, k, h: train_context(build(h), iters, s, im, st, c, k),
                 (0, None, 0, None, 0, 0),
                 n,
+                mesh,
             ),
-            "evaluate": over_seeds(
-                lambda s, im, st, c, h: evaluate(build(h), info, s, im, st, c), (0, None, 0, None, 0), n
+            "evaluate": over_runs(
+                lambda s, im, st, c, h: evaluate(build(h), info, s, im, st, c), (0, None, 0, None, 0), n, mesh
             ),
         }
 
@@ -465,7 +470,7 @@ def compile_programs(
 
 def _lower_and_compile(exp, images, streams, hparams, init_keys, keys0, c0, sharding) -> tuple[Any, ...]:
     """Trace init, train and evaluate for these inputs and compile them (cljax.compilation.compile_all)."""
-    progs = exp.programs()
+    progs = exp.programs(None if sharding is None else sharding.mesh)
     sharded = {} if sharding is None else {"out_shardings": sharding}
     init_jit = jax.jit(progs["init"], **sharded)
     state_shapes = jax.eval_shape(init_jit, init_keys, images, streams, hparams)  # with the sharding, if any
