@@ -17,6 +17,7 @@ class Batch(NamedTuple):
     y: jnp.ndarray  # int32 (B,)
     mask: jnp.ndarray  # bool (B, n_out)
     context: jnp.ndarray  # int32 (B,)
+    slot: jnp.ndarray | None = None  # int32 (B,): position in stream.train_idx[context] (training data)
 
 
 def to_float(info: ScenarioInfo, images: jnp.ndarray, perm: jnp.ndarray) -> jnp.ndarray:
@@ -61,7 +62,7 @@ def gather(
     perm = stream.pixel_perm[context] if info.permuted else stream.pixel_perm
     x = to_float(info, xs[rows], perm)
     y = stream.label_map[context, ys[rows]]
-    return Batch(x=x, y=y, mask=stream.active[context], context=context)
+    return Batch(x=x, y=y, mask=stream.active[context], context=context, slot=slots)
 
 
 def sample_context(

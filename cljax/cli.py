@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, kind, text in HYPERPARAMETER_FLAGS:
         run.add_argument(f"--{flag}", type=kind, default=None, help=text)
+    _add_stream_flags(run)
     run.add_argument(
         "--option",
         action="append",
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser(
         "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
     )
-    table.add_argument("name", help="nmi2022-split-mnist, 3s2019-split-mnist or nmi2022-perm-mnist")
+    table.add_argument(
+        "name",
+        help="nmi2022-split-mnist, 3s2019-split-mnist, nmi2022-perm-mnist or task-free-split-mnist",
+    )
     table.add_argument(
         "--out-dir", required=True, help="folder for the runs, table.md/.csv/.json and figures"
     )
@@ -186,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--first-seed", type=int, default=None, help="default: the paper's (2)")
     table.add_argument(
         "--iters", type=int, default=None, help="iterations per context (default: the protocol's)"
+    )
+    table.add_argument(
+        "--fuzziness",
+        type=int,
+        default=None,
+        metavar="N",
+        help="task-free tables: the fuzzy boundaries' width (default 500; a short look: --iters 100 "
+        "--fuzziness 25)",
     )
     table.add_argument(
         "--methods", default=None, help="strategies to run, separated by commas (default: all)"
@@ -238,6 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_stream_flags(parser: argparse.ArgumentParser) -> None:
+    """Task-free learning (cljax.task_free): a label stream in place of announced contexts."""
+    from cljax.label_streams import DEFAULT_FUZZINESS, LABEL_STREAMS
+
+    parser.add_argument(
+        "--stream",
+        default=None,
+        choices=LABEL_STREAMS,
+        help="learn from a task-free stream with no context boundaries given (default: context by context)",
+    )
+    parser.add_argument(
+        "--fuzziness",
+        type=int,
+        default=DEFAULT_FUZZINESS,
+        metavar="N",
+        help=f"fuzzy-boundaries: iterations over which each boundary fades (default {DEFAULT_FUZZINESS})",
+    )
+    parser.add_argument(
+        "--update-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iterations between consolidations on a stream (default: the strategy's, 100; replay: 1)",
+    )
+    parser.add_argument(
+        "--labels-per-batch",
+        action="store_true",
+        help="one context per batch instead of one per sample",
+    )
+
+
 def _configs(args: argparse.Namespace) -> list[RunConfig]:
     names = args.strategy.split(",") if args.strategy else main_job_strategies()
     options = {
@@ -261,6 +304,10 @@ def _configs(args: argparse.Namespace) -> list[RunConfig]:
             data_dir=args.data_dir,
             download=not args.no_download,
             options=options,
+            stream=args.stream,
+            fuzziness=args.fuzziness,
+            update_every=args.update_every,
+            labels_per_batch=args.labels_per_batch,
         )
         validate(config)
         configs.append(config)
@@ -370,6 +417,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         scenarios=split(args.scenarios),
         data_dir=args.data_dir,
         quiet=args.quiet,
+        fuzziness=args.fuzziness,
     )
     print((Path(args.out_dir) / "table.md").read_text())
     print(f"{len(summary['cells'])} cells in {args.out_dir}")

@@ -37,6 +37,11 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
+    # task-free learning (cljax.task_free): a label stream instead of announced contexts; None: contexts
+    stream: str | None = None
+    fuzziness: int = 500  # fuzzy-boundaries: iterations of each boundary's ramp (the reference's default)
+    update_every: int | None = None  # iterations between consolidations; None: the strategy's default
+    labels_per_batch: bool = False  # one context per batch instead of one per sample
 
     @property
     def seed_list(self) -> list[int]:
@@ -49,7 +54,8 @@ class RunConfig:
         validate(self)
         bench = get_benchmark(self.benchmark)
         spec = get_strategy(self.strategy)
-        options = {**spec.defaults(self.scenario), **dict(self.options)}
+        stream_options = spec.stream_defaults(self.scenario) if self.stream is not None else {}
+        options = {**spec.defaults(self.scenario), **stream_options, **dict(self.options)}
         if spec.resolve is not None:
             try:
                 options = spec.resolve(options, bench.name, self.scenario)
@@ -63,6 +69,7 @@ class RunConfig:
             model=self.model if self.model is not None else bench.model,
             class_il_active=self.class_il_active if self.scenario == "class" else "all",  # unused elsewhere
             options=options,
+            update_every=(None if self.stream is None else self.update_every or spec.update_every),
         )
 
     @property
@@ -144,6 +151,8 @@ def validate(config: RunConfig) -> None:
             f"got {type(config.model).__name__}"
         )
     _choice("class_il_active", config.class_il_active, CLASS_IL_ACTIVE)
+    if config.stream is not None:
+        _check_stream(config, spec)
     if not isinstance(config.options, Mapping):
         raise ConfigError(
             f"options: must be a mapping of strategy hyperparameters, got {type(config.options).__name__}"
@@ -154,4 +163,27 @@ def validate(config: RunConfig) -> None:
         allowed = ", ".join(sorted(known)) or "none"
         raise ConfigError(
             f"options: {config.strategy!r} has no hyperparameter {unknown[0]!r}; it takes: {allowed}"
+        )
+
+
+def _check_stream(config: RunConfig, spec: Any) -> None:
+    """A task-free run: a known label stream, a strategy that learns from one, Class-IL on all units."""
+    from cljax.label_streams import LABEL_STREAMS
+    from cljax.strategies import REGISTRY
+
+    _choice("stream", config.stream, LABEL_STREAMS)
+    if not spec.task_free:
+        able = ", ".join(name for name, s in REGISTRY.items() if s.task_free)
+        raise ConfigError(
+            f"stream: {config.strategy!r} needs context boundaries and has no task-free form; "
+            f"strategies that learn from a stream: {able}"
+        )
+    _positive_int("fuzziness", config.fuzziness, allow_none=False)
+    _positive_int("update_every", config.update_every)
+    if not isinstance(config.labels_per_batch, bool):
+        raise ConfigError(f"labels_per_batch: must be True or False, got {config.labels_per_batch!r}")
+    if config.scenario == "class" and config.class_il_active != "all":
+        raise ConfigError(
+            "class_il_active: a task-free learner is not told which classes a context brings; "
+            "Class-IL streams train and test on all units (class_il_active='all')"
         )

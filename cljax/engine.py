@@ -49,6 +49,7 @@ from cljax.scenarios import (
     unit_classes,
 )
 from cljax.strategies import Setup, Strategy, StrategySpec, get_strategy
+from cljax.task_free import check_stream, stream_probabilities, train_segment
 from cljax.trained import TrainedModel
 
 
@@ -160,10 +161,11 @@ class Experiment:
         ``mesh``: the devices the run axis is sharded over (:func:`cljax.compilation.over_runs`).
         """
         build, info, iters, n = self.strategy_of(), self.info, self.setup.iters, self.n_runs
+        train = self.stream_trainer() or (lambda strategy, *args: train_context(strategy, iters, *args))
         return {
             "init": over_runs(lambda k, im, st, h: build(h).init(k, im, st), (0, None, 0, 0), n, mesh),
             "train": over_runs(
-                lambda s, im, st, c, k, h: train_context(build(h), iters, s, im, st, c, k),
+                lambda s, im, st, c, k, h: train(build(h), s, im, st, c, k),
                 (0, None, 0, None, 0, 0),
                 n,
                 mesh,
@@ -172,6 +174,21 @@ class Experiment:
                 lambda s, im, st, c, h: evaluate(build(h), info, s, im, st, c), (0, None, 0, None, 0), n, mesh
             ),
         }
+
+    def stream_trainer(self) -> Callable | None:
+        """On a task-free stream, ``(strategy, state, images, stream, segment, key) -> (state, metrics)``
+        for one segment of ``iters`` iterations (:func:`cljax.task_free.train_segment`); else None."""
+        cfg = self.config
+        if cfg.stream is None:
+            return None
+        probabilities = jnp.asarray(stream_probabilities(cfg.stream, self.info, cfg.iters, cfg.fuzziness))
+
+        settings = (probabilities, cfg.iters, cfg.update_every, cfg.batch_size, cfg.labels_per_batch)
+
+        def train(strategy, state, images, stream, segment, key):
+            return train_segment(strategy, self.info, *settings, state, images, stream, segment, key)
+
+        return train
 
 
 def adam_for(lr: float | jax.Array) -> optax.GradientTransformation:
@@ -220,6 +237,7 @@ def make_setup(config: RunConfig, info: ScenarioInfo, model: Any = None) -> Setu
         optimizer=make_optimizer(config),
         batch_size=config.batch_size,
         iters=config.iters,
+        task_free=config.stream is not None,
     )
 
 
@@ -301,8 +319,15 @@ def prepare(
         for other in configs:  # every configuration's values are checked before anything compiles
             strategy = spec.build(make_setup(other, info) if other is not config else setup, other.options)
         strategy = spec.build(setup, config.options)
+        if config.stream is not None:
+            check_stream(config.stream, info, config.iters, config.fuzziness, config.update_every)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if config.stream is not None and (strategy.learn is None or strategy.consolidate is None):
+        raise ConfigError(
+            f"stream: strategy {config.strategy!r} is registered with task_free=True but its Strategy has no "
+            "learn and consolidate functions; give both to learn from a task-free stream"
+        )
     return Experiment(
         config,
         info,
@@ -449,8 +474,9 @@ def _program_key(exp: Experiment, *trees: Any) -> tuple | None:
                                            for x in jax.tree.leaves(t)))
         for t in trees
     )  # fmt: skip
+    stream = (cfg.stream, cfg.fuzziness, cfg.update_every, cfg.labels_per_batch)
     return (exp.spec.name, id(exp.spec.build), names, static, model, exp.info, cfg.iters, cfg.batch_size,
-            exp.n_runs, shapes, jax.default_backend())  # fmt: skip
+            stream, exp.n_runs, shapes, jax.default_backend())  # fmt: skip
 
 
 def compile_programs(

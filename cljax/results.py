@@ -100,11 +100,19 @@ class RunResult:
         head = (
             f"{self.strategy} on {self.benchmark}, {SCENARIO_NAMES[self.scenario]}, {len(self.seeds)} seed(s)"
         )
-        lines = [head, "accuracy (%) after training on context i (rows), tested on context j (columns):"]
+        stream = self.config.get("stream")
+        if stream is None:
+            lines = [head, "accuracy (%) after training on context i (rows), tested on context j (columns):"]
+        else:
+            every = self.config["update_every"]
+            head += f", task-free {stream} stream, consolidating every {every} iterations"
+            lines = [head, f"accuracy (%) after i x {self.config['iters']} iterations of the stream (rows), "
+                           "tested on context j (columns):"]  # fmt: skip
         lines.append("        " + "".join(f"{'ctx ' + str(j + 1):>8}" for j in range(n)) + "     avg")
         for i in range(n):
             row = "".join(f"{acc[i, j]:8.2f}" for j in range(n))
-            lines.append(f"ctx {i + 1:<3} {row}{acc[i, : i + 1].mean():8.2f}")
+            seen = acc[i] if stream is not None else acc[i, : i + 1]  # a stream shows every context early
+            lines.append(f"{'ctx' if stream is None else 'i =':<3} {i + 1:<3} {row}{seen.mean():8.2f}")
         lines.append(
             f"final average accuracy: {self.mean:.2f} % +- {self.sem:.2f} (SEM)  "
             f"forgetting {np.mean(self.forgetting):.2f}  BWT {np.mean(self.bwt):.2f}"

@@ -30,6 +30,9 @@ def register_strategy(
     defaults: Defaults = None,
     resolve: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
     hyperparameters: tuple[str, ...] = (),
+    task_free: bool = False,
+    update_every: int = 100,
+    stream_defaults: Defaults = None,
     overwrite: bool = False,
 ) -> Any:
     """Register ``build(setup, options) -> Strategy`` as the strategy ``name``.
@@ -39,6 +42,9 @@ def register_strategy(
     ``hyperparameters``: the continuous options (floats) the compiled programs take as inputs instead of
     constants, so runs that differ only in them share one compilation and a sweep over them is one
     program; ``build`` then receives them as traced scalars and must not branch on them in Python.
+    ``task_free``: the Strategy it builds also has ``learn(state, batch, key)`` and
+    ``consolidate(state, key)``, so it can learn from a task-free stream (``--stream``), consolidating
+    every ``update_every`` iterations by default, with ``stream_defaults`` over ``defaults`` there.
     Without ``build``, a decorator::
 
         @cljax.register_strategy("l2", defaults={"strength": 1.0})
@@ -57,6 +63,9 @@ def register_strategy(
                 defaults=defaults,
                 resolve=resolve,
                 hyperparameters=hyperparameters,
+                task_free=task_free,
+                update_every=update_every,
+                stream_defaults=stream_defaults,
                 overwrite=overwrite,
             )
             return fn
@@ -75,6 +84,8 @@ def register_strategy(
         raise ValueError(
             f"register_strategy: scenarios must be some of {', '.join(SCENARIOS)}, got {scenarios!r}"
         )
+    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+        raise ValueError(f"register_strategy: update_every must be an integer >= 1, got {update_every!r}")
     if name in REGISTRY and not overwrite:
         raise ValueError(
             f"register_strategy: {name!r} is already registered; pass overwrite=True to replace it"
@@ -87,6 +98,9 @@ def register_strategy(
         defaults=_defaults_function(defaults),
         resolve=resolve,
         hyperparameters=tuple(hyperparameters),
+        task_free=bool(task_free),
+        update_every=update_every,
+        stream_defaults=_defaults_function(stream_defaults),
     )
     REGISTRY[name] = spec
     return spec
@@ -122,6 +136,9 @@ def _register_builtins() -> None:
             defaults=spec.defaults,
             resolve=spec.resolve,
             hyperparameters=spec.hyperparameters,
+            task_free=spec.task_free,
+            update_every=spec.update_every,
+            stream_defaults=spec.stream_defaults,
         )
 
 

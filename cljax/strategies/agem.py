@@ -28,6 +28,7 @@ from cljax.strategies.memory_replay import (
     per_sample_cross_entropy,
     resolve_budget,
 )
+from cljax.strategies.stream_replay import TASK_FREE_BUDGET, stream_agem
 
 EPS_AGEM = 1e-7  # the reference's eps_agem
 
@@ -47,6 +48,8 @@ def agem_project(grads: Any, ref_grads: Any, eps: float = EPS_AGEM) -> Any:
 def agem(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """A-GEM with a class-balanced memory (options ``budget`` or ``total_budget``, as for ``er``)."""
     budget = resolve_budget(setup.info, options or {})
+    if setup.task_free:
+        return stream_agem(setup, budget, agem_project)
 
     def step(state: ReplayState, images, stream, context, key):
         current, replay, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
@@ -75,5 +78,8 @@ SPECS = (
         "A-GEM: project the gradient onto the stored samples' half-space, 100 per class (NMI-2022)",
         defaults=lambda scenario: dict(BUDGET_OPTIONS),
         resolve=budget_resolver(),
+        task_free=True,
+        update_every=1,  # the reference's --replay-update (compare_task_free.py)
+        stream_defaults=lambda scenario: dict(TASK_FREE_BUDGET),
     ),
 )

@@ -33,6 +33,7 @@ class Setup(NamedTuple):
     optimizer: optax.GradientTransformation
     batch_size: int
     iters: int
+    task_free: bool = False  # the run learns from a task-free stream (cljax.task_free)
 
 
 class Strategy(NamedTuple):
@@ -48,6 +49,12 @@ class Strategy(NamedTuple):
                                                                      params are, when not at state.params,
                                                                      state.classifier.params or
                                                                      state.model.params
+    learn(state, images, stream, batch, key) -> (state, metrics)     optional, task-free streams: one
+                                                                     iteration on the batch the stream
+                                                                     gives (cljax.task_free)
+    consolidate(state, images, stream, key) -> state                 optional, task-free streams: every
+                                                                     ``update_every`` iterations, in place
+                                                                     of the context boundary
     """
 
     init: Callable[[jax.Array, Images, Stream], State]
@@ -56,6 +63,8 @@ class Strategy(NamedTuple):
     predict: Callable[[State, jax.Array], jax.Array]
     sample: Callable[[State, jax.Array, int], jax.Array] | None = None
     params: Callable[[State], Any] | None = None
+    learn: Callable[[State, Images, Stream, Any, jax.Array], tuple[State, Metrics]] | None = None
+    consolidate: Callable[[State, Images, Stream, jax.Array], State] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,13 @@ class StrategySpec:
     resolve: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None
     # continuous options that are inputs of the compiled programs (traced, vmapped in a sweep), not constants
     hyperparameters: tuple[str, ...] = ()
+    # on a task-free stream: iterations between consolidations (the reference's --update-every, 100;
+    # its replay methods use --replay-update, 1), unless the run sets update_every
+    update_every: int = 100
+    # whether its builds give ``learn`` and ``consolidate``, so that it can learn from a task-free stream
+    task_free: bool = False
+    # options a task-free run uses unless set (the reference's no_boundaries defaults)
+    stream_defaults: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
 
 
 class ClassifierState(flax.struct.PyTreeNode):

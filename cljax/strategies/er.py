@@ -4,7 +4,8 @@ Protocol (shared/PROTOCOL.md; NMI-2022 and GMvandeVen/continual-learning): 100 r
 class are stored at the end of each context; every iteration adds a replay batch of 128 from the memory
 and the loss is (1/t) L_current + (1 - 1/t) L_replay for the t-th context; Task-IL replays every earlier
 context equally (ceil(128/(t-1)) each, losses averaged). Published split-MNIST accuracy (NMI-2022):
-93.75 (Domain-IL), 88.79 (Class-IL).
+93.75 (Domain-IL), 88.79 (Class-IL). On a task-free stream, the reference's stream ER instead
+(:mod:`cljax.strategies.stream_replay`: a reservoir of 100 samples in all).
 
 No continuous options (``StrategySpec.hyperparameters`` is empty): the budget sets the memory's shape.
 """
@@ -29,6 +30,7 @@ from cljax.strategies.memory_replay import (
     per_sample_cross_entropy,
     resolve_budget,
 )
+from cljax.strategies.stream_replay import TASK_FREE_BUDGET, stream_er
 
 
 def er(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
@@ -38,6 +40,8 @@ def er(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     ``total_budget`` (samples in all, shared by the classes seen so far); not both.
     """
     budget = resolve_budget(setup.info, options or {})
+    if setup.task_free:
+        return stream_er(setup, budget)
 
     def step(state: ReplayState, images, stream, context, key):
         current, replay, w_replay = current_and_replay(setup, state.buffer, images, stream, context, key)
@@ -63,5 +67,8 @@ SPECS = (
         "experience replay, 100 random samples per class, loss (1/t) L_cur + (1-1/t) L_replay (NMI-2022)",
         defaults=lambda scenario: dict(BUDGET_OPTIONS),
         resolve=budget_resolver(),
+        task_free=True,
+        update_every=1,  # the reference's --replay-update (compare_task_free.py)
+        stream_defaults=lambda scenario: dict(TASK_FREE_BUDGET),
     ),
 )

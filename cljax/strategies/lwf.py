@@ -94,6 +94,8 @@ def lwf(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     kd = check_choice("kd", opts["kd"], KD_FORMS)
     t_squared = check_choice("t_squared", opts["t_squared"], (False, True))
     nmi = opts["protocol"] == "nmi2022"
+    if setup.task_free:
+        return stream_lwf(setup, temperature, kd, t_squared)
 
     def distillation_term(student, teacher, active, context):
         earlier = context.astype(jnp.float32)  # t - 1
@@ -145,6 +147,78 @@ def lwf(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     return Strategy(init=init, step=step, end_context=end_context, predict=predict)
 
 
+class StreamLwFState(flax.struct.PyTreeNode):
+    """Classifier, the teacher (the model at the last consolidation), the contexts seen in Task-IL."""
+
+    classifier: ClassifierState
+    teacher: Any
+    has_teacher: jax.Array  # bool ()
+    seen: jax.Array  # float32 (n_contexts,): samples of each context so far (Task-IL context labels)
+    teacher_seen: jax.Array  # float32 (n_contexts,): the same, at the last consolidation
+
+
+def stream_lwf(setup: Setup, temperature: Any, kd: str, t_squared: bool) -> Strategy:
+    """LwF on a task-free stream, as the reference's ``replay='current'`` with soft targets
+    (``train/train_stream.py``, ``models/classifier_stream.py``): from the first consolidation on, the
+    current batch is also distilled from the model as it was at the last one, ``0.5 L_current + 0.5
+    L_distill`` over all units; in Task-IL each sample is distilled on the units of a context drawn from
+    the context labels seen up to that consolidation, in proportion to how often each was seen."""
+    info = setup.info
+
+    def init(key, images, stream):
+        del images, stream
+        classifier = init_classifier(setup, key)
+        counts = jnp.zeros((info.n_contexts,), jnp.float32)
+        return StreamLwFState(classifier, classifier.params, jnp.asarray(False), counts, counts)
+
+    def learn(state: StreamLwFState, images, stream, batch, key):
+        if info.task_il:
+            drawn = jax.random.categorical(
+                jax.random.fold_in(key, 2),
+                jnp.log(jnp.maximum(state.teacher_seen, 1e-30)),
+                shape=batch.y.shape,
+            )
+            replay_mask = stream.active[drawn]
+        else:
+            replay_mask = batch.mask
+        teacher = setup.model.apply(state.teacher, batch.x)
+
+        def loss_fn(params):
+            student = setup.model.apply(params, batch.x)
+            current = cross_entropy(student, batch.y, batch.mask)
+            replay = soft_target_loss(student, teacher, replay_mask, replay_mask, temperature, kd, t_squared)
+            replay = jnp.where(state.has_teacher, replay, 0.0)
+            total = jnp.where(state.has_teacher, 0.5 * current + 0.5 * replay, current)
+            return total, (current, replay)
+
+        (loss, (current, replay)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.classifier.params)
+        seen = state.seen + jnp.zeros_like(state.seen).at[batch.context].add(1.0)
+        return state.replace(classifier=apply_gradients(setup, state.classifier, grads), seen=seen), {
+            "loss": loss,
+            "loss_current": current,
+            "distill": replay,
+        }
+
+    def consolidate(state: StreamLwFState, images, stream, key):
+        del images, stream, key
+        return state.replace(
+            teacher=state.classifier.params, has_teacher=jnp.asarray(True), teacher_seen=state.seen
+        )
+
+    def step(state, images, stream, context, key):
+        batch = sample_context(info, images, stream, context, key, setup.batch_size)
+        return learn(state, images, stream, batch, key)
+
+    def end_context(state, images, stream, context, key):
+        del context
+        return consolidate(state, images, stream, key)
+
+    def predict(state: StreamLwFState, x):
+        return setup.model.apply(state.classifier.params, x)
+
+    return Strategy(init, step, end_context, predict, learn=learn, consolidate=consolidate)
+
+
 def lwf_defaults(scenario: str) -> dict[str, Any]:
     """NMI-2022 settings (shared/PROTOCOL.md): T = 2, no T^2 factor; ``protocol="3s2019"`` for 3S-2019."""
     del scenario
@@ -159,5 +233,6 @@ SPECS = (
         defaults=lwf_defaults,
         resolve=protocol_resolver(LWF_PUBLISHED),
         hyperparameters=("temperature",),
+        task_free=True,  # every --update-every 100 iterations the teacher is replaced (the reference's)
     ),
 )

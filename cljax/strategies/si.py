@@ -58,6 +58,10 @@ SI_PUBLISHED_BY_BENCHMARK = {
     "perm-mnist": {"nmi2022": {"task": {"c": 10.0}, "domain": {"c": 10.0}, "class": {"c": 5.0}}}
 }
 PATH_GRADIENTS = ("total", "current")
+# On a task-free stream the reference uses c = 10 in every scenario (params/param_values.py lines 118-119,
+# `if no_boundaries: args.si_c = 10.`; all_results.sh passes --c=10. to compare_task_free.py), consolidating
+# every --update-every 100 iterations.
+SI_TASK_FREE = {"c": 10.0}
 
 
 class SIState(flax.struct.PyTreeNode):
@@ -101,8 +105,8 @@ def si(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         zeros = jax.tree.map(jnp.zeros_like, classifier.params)
         return SIState(classifier, zeros, zeros, classifier.params)
 
-    def step(state: SIState, images, stream, context, key):
-        batch = sample_context(info, images, stream, context, key, setup.batch_size)
+    def learn(state: SIState, images, stream, batch, key):
+        del images, stream, key
         params = state.classifier.params
         current, grads_current = jax.value_and_grad(lambda p: classification_loss(setup, p, batch))(params)
         # d/dtheta of c * sum Omega (theta - theta*)^2, written out so that XLA fuses it into the update
@@ -121,17 +125,32 @@ def si(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         metrics = {"loss": current + c * reg, "loss_current": current, "penalty": reg}
         return state.replace(classifier=classifier, path_integral=path_integral), metrics
 
-    def end_context(state: SIState, images, stream, context, key):
-        del images, stream, context, key
+    def step(state: SIState, images, stream, context, key):
+        batch = sample_context(info, images, stream, context, key, setup.batch_size)
+        return learn(state, images, stream, batch, key)
+
+    def consolidate(state: SIState, images, stream, key):
+        del images, stream, key
         params = state.classifier.params
         importance = importance_update(state.importance, state.path_integral, state.anchor, params, damping)
         zeros = jax.tree.map(jnp.zeros_like, params)
         return state.replace(path_integral=zeros, importance=importance, anchor=params)
 
+    def end_context(state: SIState, images, stream, context, key):
+        del context
+        return consolidate(state, images, stream, key)
+
     def predict(state: SIState, x):
         return setup.model.apply(state.classifier.params, x)
 
-    return Strategy(init=init, step=step, end_context=end_context, predict=predict)
+    return Strategy(
+        init=init,
+        step=step,
+        end_context=end_context,
+        predict=predict,
+        learn=learn,
+        consolidate=consolidate,
+    )
 
 
 def si_defaults(scenario: str) -> dict[str, Any]:
@@ -152,5 +171,7 @@ SPECS = (
         defaults=si_defaults,
         resolve=protocol_resolver(SI_PUBLISHED, SI_PUBLISHED_BY_BENCHMARK),
         hyperparameters=("c", "damping"),
+        task_free=True,
+        stream_defaults=lambda scenario: dict(SI_TASK_FREE),
     ),
 )
