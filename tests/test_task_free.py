@@ -28,7 +28,7 @@ def test_an_academic_stream_consolidating_once_per_context_is_the_context_protoc
     np.testing.assert_array_equal(stream.context_loss, by_context.context_loss)
 
 
-@pytest.mark.parametrize("strategy", ["none", "si", "lwf", "er", "agem"])
+@pytest.mark.parametrize("strategy", ["none", "si", "lwf", "er", "agem", "icarl"])
 def test_the_whole_stream_is_compiled_once(strategy, tiny_data):
     before = engine.programs_compiled()
     result = cljax.run(strategy=strategy, scenario="class", dataset=tiny_data, **STREAM, **TINY)

@@ -36,6 +36,7 @@ from cljax.strategies.memory_replay import (
     n_groups,
     resolve_budget,
 )
+from cljax.strategies.stream_replay import TASK_FREE_BUDGET, stream_icarl
 
 TOTAL_BUDGET = 2000  # 3S-2019
 TEMPERATURE = 2.0  # 3S-2019 / NMI-2022 distillation temperature
@@ -56,6 +57,8 @@ def icarl(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     info = setup.info
     check_features(setup, "icarl")
     budget = resolve_budget(info, options, default_total=TOTAL_BUDGET)
+    if setup.task_free:
+        return stream_icarl(setup, budget)
     temperature = float_option("temperature", options.get("temperature", TEMPERATURE), strict=True)
     buffer = herding(n_groups(info), budget.per_group(info))
     cpc, n_out = info.classes_per_context, info.n_out
@@ -142,5 +145,8 @@ SPECS = (
         defaults=lambda scenario: {**BUDGET_OPTIONS, "temperature": TEMPERATURE},
         resolve=budget_resolver(TOTAL_BUDGET),
         hyperparameters=("temperature",),
+        task_free=True,
+        update_every=1,  # the reference's --replay-update (compare_task_free.py)
+        stream_defaults=lambda scenario: dict(TASK_FREE_BUDGET),
     ),
 )

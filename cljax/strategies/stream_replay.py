@@ -8,7 +8,10 @@ consolidation (``previous_model``, a copy made every ``--replay-update`` iterati
 ``compare_task_free.py``), so nothing is replayed before the first one; a replayed batch is
 ``min(batch, stored)`` samples drawn without replacement from that copy's memory, with their stored
 labels (and, Task-IL, their contexts). ER trains on ``0.5 L_current + 0.5 L_replay``; A-GEM on
-``L_current`` alone, its gradient projected whenever it points against the replayed samples'.
+``L_current`` alone, its gradient projected whenever it points against the replayed samples'. iCaRL
+(Class-IL; ``--bce --prototypes`` in ``compare_task_free.py``) trains as ER with binary cross-entropy
+over all classes and classifies by the nearest mean of the memory's samples of each class, in the
+normalised features of the classifier's last hidden layer (``classify_with_prototypes``).
 
 Its ``step`` and ``end_context`` (every Strategy has them) run the same learner on announced contexts,
 consolidating at each boundary.
@@ -21,14 +24,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from cljax.batching import Batch, gather, sample_context
-from cljax.memory import BufferState, Items, reservoir
+from cljax.memory import BufferState, Items, l2_normalize, reservoir
+from cljax.models.registry import penultimate_width
 from cljax.strategies.base import ClassifierState, Setup, Strategy, apply_gradients, init_classifier
-from cljax.strategies.memory_replay import Budget, per_sample_cross_entropy
+from cljax.strategies.memory_replay import Budget, features, per_sample_cross_entropy
 
 # The reference's rnt, the weight of the current batch when a replayed one is added (train_stream.py).
 CURRENT_WEIGHT = 0.5
+NO_EXEMPLARS = -1e8  # score of a class without samples in the memory (below any -squared distance >= -4)
 # Its default --budget on a task-free stream: samples in all (params/options.py, params/param_values.py).
 TASK_FREE_BUDGET = {"budget": None, "total_budget": 100}
 
@@ -60,11 +66,23 @@ def replayed(setup: Setup, images, stream, replay: BufferState, key: jax.Array) 
     return batch, weights
 
 
+class StreamMeansState(StreamReplayState):
+    """As :class:`StreamReplayState`, with each class's mean feature over the memory (iCaRL)."""
+
+    means: jax.Array  # float32 (n_out, F), L2-normalised
+    has_mean: jax.Array  # bool (n_out,): the class has samples in the memory
+
+
 def stream_replay_strategy(
-    setup: Setup, budget: Budget, update: Callable[..., tuple[ClassifierState, dict[str, jax.Array]]]
+    setup: Setup,
+    budget: Budget,
+    update: Callable[..., tuple[ClassifierState, dict[str, jax.Array]]],
+    nearest_mean: bool = False,
 ) -> Strategy:
     """A stream learner with a reservoir memory; ``update(state, current, replay, weights, has_replay)``
-    trains the classifier on one batch and returns (classifier state, metrics)."""
+    trains the classifier on one batch and returns (classifier state, metrics). ``nearest_mean``: every
+    consolidation also takes each class's mean feature over the memory, and ``predict`` classifies by
+    the nearest one."""
     info = setup.info
     memory = reservoir(budget.capacity(info))  # a per-class budget counts every class of the stream
 
@@ -72,7 +90,12 @@ def stream_replay_strategy(
         del images, stream
         classifier = init_classifier(setup, key)
         empty = memory.init()
-        return StreamReplayState(classifier.params, classifier.opt_state, empty, empty, jnp.asarray(False))
+        parts = (classifier.params, classifier.opt_state, empty, empty, jnp.asarray(False))
+        if not nearest_mean:
+            return StreamReplayState(*parts)
+        width = penultimate_width(setup.model, info.input_shape)
+        no_means = jnp.zeros((info.n_out, width), jnp.float32)
+        return StreamMeansState(*parts, no_means, jnp.zeros((info.n_out,), bool))
 
     def learn(state: StreamReplayState, images, stream, batch: Batch, key):
         k_replay, k_memory = jax.random.split(jax.random.fold_in(key, 2))
@@ -83,8 +106,12 @@ def stream_replay_strategy(
         return state.replace(params=classifier.params, opt_state=classifier.opt_state, memory=stored), metrics
 
     def consolidate(state: StreamReplayState, images, stream, key):
-        del images, stream, key
-        return state.replace(replay=state.memory, consolidated=jnp.asarray(True))
+        del key
+        state = state.replace(replay=state.memory, consolidated=jnp.asarray(True))
+        if not nearest_mean:
+            return state
+        means, has_mean = class_means(setup, state.params, state.memory, images, stream)
+        return state.replace(means=means, has_mean=has_mean)
 
     def step(state, images, stream, context, key):
         batch = sample_context(info, images, stream, context, key, setup.batch_size)
@@ -95,9 +122,27 @@ def stream_replay_strategy(
         return consolidate(state, images, stream, key)
 
     def predict(state: StreamReplayState, x):
-        return setup.model.apply(state.params, x)
+        if not nearest_mean:
+            return setup.model.apply(state.params, x)
+        f = features(setup, state.params, x)
+        sq_dist = jnp.sum(jnp.square(f[:, None, :] - state.means[None, :, :]), axis=-1)
+        return jnp.where(state.has_mean[None, :], -sq_dist, NO_EXEMPLARS)
 
     return Strategy(init, step, end_context, predict, learn=learn, consolidate=consolidate)
+
+
+def class_means(
+    setup: Setup, params: Any, memory: BufferState, images, stream
+) -> tuple[jax.Array, jax.Array]:
+    """Each class's mean normalised feature over the memory's samples (renormalised), and which classes
+    have samples there."""
+    batch = gather(setup.info, images, stream, memory.context[0], memory.slot[0])
+    stored = jnp.arange(memory.slot.shape[1]) < memory.count[0]
+    member = (batch.y[None, :] == jnp.arange(setup.info.n_out)[:, None]) & stored[None, :]  # (n_out, M)
+    f = features(setup, params, batch.x)
+    counts = member.sum(axis=1)
+    means = l2_normalize((member.astype(f.dtype) @ f) / jnp.maximum(counts, 1)[:, None])
+    return means, counts > 0
 
 
 def replay_loss(setup: Setup, params: Any, batch: Batch, weights: jax.Array) -> jax.Array:
@@ -125,6 +170,30 @@ def stream_er(setup: Setup, budget: Budget) -> Strategy:
         return apply_gradients(setup, state, grads), {"loss": loss, "loss_current": cur, "loss_replay": rep}
 
     return stream_replay_strategy(setup, budget, update)
+
+
+def stream_icarl(setup: Setup, budget: Budget) -> Strategy:
+    """iCaRL on a stream: ``0.5 BCE_current + 0.5 BCE_replay`` over all classes (each summed over the
+    classes, averaged over the batch), nearest mean of the memory's samples to classify."""
+
+    def bce(params, batch, weights):
+        logits = setup.model.apply(params, batch.x)
+        targets = jax.nn.one_hot(batch.y, logits.shape[-1])
+        return jnp.sum(weights * optax.sigmoid_binary_cross_entropy(logits, targets).sum(axis=-1))
+
+    def update(state, current, replay, weights, has_replay):
+        n = current.y.shape[0]
+
+        def loss_fn(params):
+            cur = bce(params, current, jnp.full((n,), 1.0 / n))
+            rep = bce(params, replay, weights)
+            total = jnp.where(has_replay, CURRENT_WEIGHT * cur + (1.0 - CURRENT_WEIGHT) * rep, cur)
+            return total, (cur, rep)
+
+        (loss, (cur, rep)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return apply_gradients(setup, state, grads), {"loss": loss, "loss_current": cur, "loss_replay": rep}
+
+    return stream_replay_strategy(setup, budget, update, nearest_mean=True)
 
 
 def stream_agem(setup: Setup, budget: Budget, project: Callable[[Any, Any], Any]) -> Strategy:
