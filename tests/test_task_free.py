@@ -91,3 +91,16 @@ def test_the_command_line_takes_the_stream_flags():
         5,
         True,
     )
+
+
+def test_an_interrupted_stream_resumes_to_the_same_numbers(tiny_data, tmp_path, monkeypatch):
+    from tests.test_checkpoint_resume import INTERRUPTED_AFTER, run_interrupted, saved_steps
+
+    sizes = {k: v for k, v in TINY.items() if k != "quiet"}
+    config = cljax.RunConfig(strategy="er", scenario="class", **STREAM, **{**sizes, "seeds": 1})
+    folder = tmp_path / "ckpt"
+    run_interrupted(config, tiny_data, folder, monkeypatch)  # the memory and its snapshot are in the state
+    assert saved_steps(folder)[-1] == INTERRUPTED_AFTER
+    resumed = cljax.run(config, dataset=tiny_data, quiet=True, checkpoint_dir=folder, resume=True)
+    straight = cljax.run(config, dataset=tiny_data, quiet=True)
+    assert resumed.acc_matrix == straight.acc_matrix and resumed.context_loss == straight.context_loss
