@@ -390,7 +390,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("strategies:")
     for spec in REGISTRY.values():
         where = "" if spec.scenarios == SCENARIOS else f" [{', '.join(spec.scenarios)} only]"
-        print(f"  {spec.name:<16} {spec.summary}{where}")
+        streams = " [also task-free: --stream]" if spec.task_free else ""
+        print(f"  {spec.name:<16} {spec.summary}{where}{streams}")
     from cljax.models import MODELS
 
     print("models:")
