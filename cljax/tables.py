@@ -508,13 +508,16 @@ def _figures(table: Table, records: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4.5 * len(scenarios), 3.6), squeeze=False)
     for ax, s in zip(axes[0], scenarios, strict=True):
         for r in (r for r in records if r["scenario"] == s):
-            curve = np.mean([average_accuracy_curve(np.asarray(a)) for a in r["acc_matrix"]], axis=0)
+            if table.stream is None:
+                curve = np.mean([average_accuracy_curve(np.asarray(a)) for a in r["acc_matrix"]], axis=0)
+            else:  # a stream shows every context early: the average over all of them, along the stream
+                curve = np.asarray(r["acc_matrix"]).mean(axis=(0, 2))
             ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", label=r["method"])
         ax.set_title(SCENARIO_NAMES[s], fontsize=10)
-        ax.set_xlabel("contexts trained")
+        ax.set_xlabel("contexts trained" if table.stream is None else "iterations of the stream / iters")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("average accuracy so far (%)")
+    axes[0][0].set_ylabel("average accuracy so far (%)" if table.stream is None else "average accuracy (%)")
     axes[0][-1].legend(fontsize=7)
     fig.savefig(out / "average_accuracy.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
