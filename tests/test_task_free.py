@@ -14,21 +14,22 @@ TINY = dict(benchmark="split-mnist", iters=8, batch_size=16, seeds=2, quiet=True
 STREAM = dict(stream="fuzzy-boundaries", fuzziness=2, update_every=4)
 
 
-@pytest.mark.parametrize(
-    ("strategy", "scenario"), [("none", "task"), ("none", "domain"), ("none", "class"), ("si", "domain")]
-)
+@pytest.mark.parametrize(("strategy", "scenario"), [("none", "task"), ("none", "class"), ("si", "domain")])
 def test_an_academic_stream_consolidating_once_per_context_is_the_context_protocol(
     strategy, scenario, tiny_data
 ):
     common = dict(strategy=strategy, scenario=scenario, dataset=tiny_data, **TINY)
     by_context = cljax.run(**common)
     options = {"c": by_context.config["options"]["c"]} if strategy == "si" else {}  # the stream's own c: 10
+    before = engine.programs_compiled()
     stream = cljax.run(stream="academic-setting", update_every=TINY["iters"], options=options, **common)
+    assert engine.programs_compiled() - before == 3  # init, one program for every segment, evaluate
     np.testing.assert_array_equal(stream.acc_matrix, by_context.acc_matrix)
     np.testing.assert_array_equal(stream.context_loss, by_context.context_loss)
 
 
-@pytest.mark.parametrize("strategy", ["none", "si", "lwf", "er", "agem", "icarl"])
+# none, si and er count theirs in the tests above and below
+@pytest.mark.parametrize("strategy", ["lwf", "agem", "icarl"])
 def test_the_whole_stream_is_compiled_once(strategy, tiny_data):
     before = engine.programs_compiled()
     result = cljax.run(strategy=strategy, scenario="class", dataset=tiny_data, **STREAM, **TINY)
@@ -45,8 +46,10 @@ def test_the_stream_defaults_are_the_references(tiny_data):
 
 
 def test_the_memory_fills_from_the_stream_as_it_passes(tiny_data):
+    before = engine.programs_compiled()
     result = cljax.run(strategy="er", scenario="class", dataset=tiny_data, options={"total_budget": 20},
                        **STREAM, **TINY)  # fmt: skip
+    assert engine.programs_compiled() - before == 3
     memory = result.state.memory
     seen = 5 * TINY["iters"] * TINY["batch_size"]
     assert np.asarray(memory.seen).tolist() == [seen, seen]  # every sample of the stream was offered
