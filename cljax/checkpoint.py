@@ -104,15 +104,15 @@ class Checkpoints:
         progress = dict(
             self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
         )
-        saved_config = progress.pop("config")
-        if saved_config != self.config:
-            changed = sorted(
-                k for k in set(saved_config) | set(self.config) if saved_config.get(k) != self.config.get(k)
-            )
+        saved_config = with_later_defaults(progress.pop("config"))
+        if saved_config != with_later_defaults(self.config):
+            now = with_later_defaults(self.config)
+            changed = sorted(k for k in set(saved_config) | set(now) if saved_config.get(k) != now.get(k))
+            shown = [f"{k}: {saved_config.get(k)!r} -> {now.get(k)!r}" for k in changed if k != "sweep"]
+            shown += ["sweep: other configurations"] if "sweep" in changed else []
             raise ConfigError(
                 f"resume: the checkpoint in {self.directory} was made with a different config "
-                f"({', '.join(f'{k}: {saved_config.get(k)!r} -> {self.config.get(k)!r}' for k in changed)}); "
-                "rerun with the same settings or use another --checkpoint-dir"
+                f"({', '.join(shown)}); rerun with the same settings or use another --checkpoint-dir"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
         try:
@@ -135,3 +135,18 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def with_later_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a saved ``RunConfig.to_dict()``) with every field a later cljax added at its default,
+    so that a checkpoint made before the field existed still resumes (and each of a sweep's entries)."""
+    import dataclasses
+
+    from cljax.config import RunConfig
+
+    fields = dataclasses.fields(RunConfig)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    out = {**{k: v for k, v in defaults.items() if k not in config}, **config}
+    if isinstance(out.get("sweep"), list):
+        out["sweep"] = [with_later_defaults(c) if isinstance(c, dict) else c for c in out["sweep"]]
+    return out

@@ -112,6 +112,22 @@ def test_zero_size_leaves_come_back_with_their_shape_and_dtype(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path):
+    config = cljax.RunConfig(strategy="si", scenario="task").to_dict()
+    older = {k: v for k, v in config.items() if k not in ("stream", "fuzziness", "labels_per_batch")}
+    state = buffer_like_state()
+    saving = Checkpoints(tmp_path, {**older, "sweep": [older, older]}, resume=False)
+    saving.save(1, state, {"rows": []})
+    saving.close()
+    loading = Checkpoints(tmp_path, {**config, "sweep": [config, config]}, resume=True)
+    assert loading.restore(jax.tree.map(jnp.zeros_like, state))[0] == 1  # new fields: their defaults
+    loading.close()
+    other = {**config, "stream": "random"}
+    named = r"\(stream: None -> 'random', sweep: other configurations\); rerun"
+    with pytest.raises(cljax.ConfigError, match=named):
+        Checkpoints(tmp_path, {**other, "sweep": [other, other]}, resume=True).restore(state)
+
+
 def test_a_leaf_saved_empty_but_expected_full_is_another_layout(tmp_path):
     state = buffer_like_state()
     saving = Checkpoints(tmp_path, {"strategy": "derpp"}, resume=False)
