@@ -113,3 +113,20 @@ def keep_state(state: State, images: Images, stream: Stream, context: jax.Array,
     """``end_context`` for strategies that carry nothing across contexts."""
     del images, stream, context, key
     return state
+
+
+def context_steps(setup: Setup, learn: Callable, consolidate: Callable) -> tuple[Callable, Callable]:
+    """``step`` and ``end_context`` for a learner written for task-free streams (``learn``,
+    ``consolidate``), run on announced contexts: a batch of the current context, and a consolidation at
+    its end."""
+    from cljax.batching import sample_context
+
+    def step(state, images, stream, context, key):
+        batch = sample_context(setup.info, images, stream, context, key, setup.batch_size)
+        return learn(state, images, stream, batch, key)
+
+    def end_context(state, images, stream, context, key):
+        del context
+        return consolidate(state, images, stream, key)
+
+    return step, end_context

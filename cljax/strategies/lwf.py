@@ -48,6 +48,7 @@ from cljax.strategies.base import (
     Strategy,
     StrategySpec,
     apply_gradients,
+    context_steps,
     init_classifier,
 )
 
@@ -205,13 +206,7 @@ def stream_lwf(setup: Setup, temperature: Any, kd: str, t_squared: bool) -> Stra
             teacher=state.classifier.params, has_teacher=jnp.asarray(True), teacher_seen=state.seen
         )
 
-    def step(state, images, stream, context, key):
-        batch = sample_context(info, images, stream, context, key, setup.batch_size)
-        return learn(state, images, stream, batch, key)
-
-    def end_context(state, images, stream, context, key):
-        del context
-        return consolidate(state, images, stream, key)
+    step, end_context = context_steps(setup, learn, consolidate)
 
     def predict(state: StreamLwFState, x):
         return setup.model.apply(state.classifier.params, x)

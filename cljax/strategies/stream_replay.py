@@ -26,10 +26,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.batching import Batch, gather, sample_context
+from cljax.batching import Batch, gather
 from cljax.memory import BufferState, Items, l2_normalize, reservoir
 from cljax.models.registry import penultimate_width
-from cljax.strategies.base import ClassifierState, Setup, Strategy, apply_gradients, init_classifier
+from cljax.strategies.base import (
+    ClassifierState,
+    Setup,
+    Strategy,
+    apply_gradients,
+    context_steps,
+    init_classifier,
+)
 from cljax.strategies.memory_replay import Budget, features, per_sample_cross_entropy
 
 # The reference's rnt, the weight of the current batch when a replayed one is added (train_stream.py).
@@ -113,13 +120,7 @@ def stream_replay_strategy(
         means, has_mean = class_means(setup, state.params, state.memory, images, stream)
         return state.replace(means=means, has_mean=has_mean)
 
-    def step(state, images, stream, context, key):
-        batch = sample_context(info, images, stream, context, key, setup.batch_size)
-        return learn(state, images, stream, batch, key)
-
-    def end_context(state, images, stream, context, key):
-        del context
-        return consolidate(state, images, stream, key)
+    step, end_context = context_steps(setup, learn, consolidate)
 
     def predict(state: StreamReplayState, x):
         if not nearest_mean:
