@@ -30,7 +30,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cljax.batching import sample_context
 from cljax.regularizers import (
     check_choice,
     check_range,
@@ -45,6 +44,7 @@ from cljax.strategies.base import (
     Strategy,
     StrategySpec,
     apply_gradients,
+    context_steps,
     init_classifier,
 )
 from cljax.strategies.finetune import classification_loss
@@ -125,10 +125,6 @@ def si(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         metrics = {"loss": current + c * reg, "loss_current": current, "penalty": reg}
         return state.replace(classifier=classifier, path_integral=path_integral), metrics
 
-    def step(state: SIState, images, stream, context, key):
-        batch = sample_context(info, images, stream, context, key, setup.batch_size)
-        return learn(state, images, stream, batch, key)
-
     def consolidate(state: SIState, images, stream, key):
         del images, stream, key
         params = state.classifier.params
@@ -136,9 +132,7 @@ def si(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         zeros = jax.tree.map(jnp.zeros_like, params)
         return state.replace(path_integral=zeros, importance=importance, anchor=params)
 
-    def end_context(state: SIState, images, stream, context, key):
-        del context
-        return consolidate(state, images, stream, key)
+    step, end_context = context_steps(setup, learn, consolidate)
 
     def predict(state: SIState, x):
         return setup.model.apply(state.classifier.params, x)
