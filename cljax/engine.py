@@ -238,6 +238,7 @@ def make_setup(config: RunConfig, info: ScenarioInfo, model: Any = None) -> Setu
         batch_size=config.batch_size,
         iters=config.iters,
         task_free=config.stream is not None,
+        update_every=config.update_every,
     )
 
 

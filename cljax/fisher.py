@@ -137,6 +137,29 @@ def diagonal_fisher(
     ``sample``. ``factor_dense=False`` sends every layer along the general (per-sample gradient) route.
     Returns a pytree like ``params``: the mean over the valid samples.
     """
+    total, count = fisher_sums(model, params, load, n_chunks, mask, labels, key, n_labels, factor_dense)
+    return fisher_mean(total, count)
+
+
+def fisher_mean(total: dict, count: jax.Array) -> Params:
+    """The Fisher from :func:`fisher_sums`' running sums: their mean over the valid samples."""
+    return traverse_util.unflatten_dict({k: v / jnp.maximum(count, 1.0) for k, v in total.items()})
+
+
+def fisher_sums(
+    model: nn.Module,
+    params: Params,
+    load: ChunkLoader,
+    n_chunks: int | jax.Array,
+    mask: jax.Array,
+    labels: str = "all",
+    key: jax.Array | None = None,
+    n_labels: int | None = None,
+    factor_dense: bool = True,
+    start: tuple[dict, jax.Array] | None = None,
+) -> tuple[dict, jax.Array]:
+    """As :func:`diagonal_fisher`, but the sums (flattened like ``params``) and the count of valid samples,
+    added to ``start``; ``n_chunks`` may be traced (a loop of as many chunks as there are)."""
     if labels not in FISHER_LABELS:
         raise ValueError(f"fisher_labels must be one of {', '.join(FISHER_LABELS)}; got {labels!r}")
     if key is None:
@@ -215,9 +238,16 @@ def diagonal_fisher(
         total = {k: total[k] + part[k] for k in total}
         return (total, count + valid.sum()), None
 
-    init = ({k: jnp.zeros_like(v) for k, v in flat.items()}, jnp.zeros((), jnp.float32))
-    (total, count), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-    return traverse_util.unflatten_dict({k: v / jnp.maximum(count, 1.0) for k, v in total.items()})
+    init = start if start is not None else fisher_zeros(params)
+    if isinstance(n_chunks, int):
+        return jax.lax.scan(body, init, jnp.arange(n_chunks))[0]
+    return jax.lax.fori_loop(0, n_chunks, lambda i, carry: body(carry, i)[0], init)
+
+
+def fisher_zeros(params: Params) -> tuple[dict, jax.Array]:
+    """Empty running sums for :func:`fisher_sums`."""
+    flat = traverse_util.flatten_dict(params)
+    return {k: jnp.zeros_like(v) for k, v in flat.items()}, jnp.zeros((), jnp.float32)
 
 
 def context_fisher(
@@ -263,3 +293,53 @@ def context_fisher(
     n_labels = info.classes_per_context if info.task_il else info.n_out
     mask = stream.active[context]
     return diagonal_fisher(model, params, load, n_chunks, mask, labels, label_key, n_labels)
+
+
+def seen_fisher(
+    info: ScenarioInfo,
+    model: nn.Module,
+    params: Params,
+    images: Images,
+    stream: Stream,
+    seen: jax.Array,
+    key: jax.Array,
+    labels: str = "all",
+    n: int | None = None,
+    chunk_size: int = 500,
+) -> Params:
+    """The diagonal Fisher over the training samples marked in ``seen`` (bool (C, N_max), by context and
+    position): what a task-free learner was shown since its last consolidation.
+
+    Each sample is on its context's active units, as in :func:`context_fisher`; ``n`` draws that many of the
+    seen samples without replacement (default: all). When ``seen`` marks every sample of one context, the
+    numbers are :func:`context_fisher`'s for that context: the same chunks in the same order.
+    """
+    n_contexts, n_max = seen.shape
+    perm_key, label_key = jax.random.split(key)
+    if n is not None:
+        draw = jnp.where(seen.reshape(-1), jax.random.uniform(perm_key, (seen.size,)), jnp.inf)
+        keep = jnp.argsort(draw)[: min(n, seen.size)]
+        chosen = jnp.zeros(seen.size, bool).at[keep].set(True) & seen.reshape(-1)
+        seen = chosen.reshape(seen.shape)
+    chunk = min(chunk_size, n_max)
+    n_labels = info.classes_per_context if info.task_il else info.n_out
+
+    def one_context(sums, context):
+        slots = jnp.argsort(~seen[context], stable=True)  # the seen positions first, in order
+        used = seen[context].sum()
+        slots = jnp.pad(slots, (0, -(-n_max // chunk) * chunk - n_max))
+
+        def load(i):
+            pos = i * chunk + jnp.arange(chunk)
+            s = jax.lax.dynamic_slice_in_dim(slots, i * chunk, chunk)
+            batch = gather(info, images, stream, jnp.full((chunk,), context, jnp.int32), s)
+            return batch.x, batch.y, (pos < used).astype(jnp.float32)
+
+        mask = stream.active[context]
+        context_key = jax.random.fold_in(label_key, context)
+        n_chunks = -(-used // chunk)
+        sums = fisher_sums(model, params, load, n_chunks, mask, labels, context_key, n_labels, start=sums)
+        return sums, None
+
+    sums, _ = jax.lax.scan(one_context, fisher_zeros(params), jnp.arange(n_contexts))
+    return fisher_mean(*sums)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import cljax
-from cljax.fisher import context_fisher, diagonal_fisher
+from cljax.fisher import context_fisher, diagonal_fisher, seen_fisher
 from cljax.models import MLP, Linear
 from cljax.regularizers import merge_quadratic_penalties, quadratic_penalty, stacked_quadratic_penalty
 from cljax.scenarios import Images, ScenarioInfo, Stream
@@ -158,6 +158,30 @@ def test_context_fisher_skips_padding_and_subsamples_without_replacement():
     singles = {tuple(np.round(v, 5)) for v in np.asarray(ones["params"]["Linear_0"]["bias"])}
     per_sample = {tuple(np.round(v, 5)) for v in p * (1 - p)}
     assert 1 < len(singles) and singles <= per_sample  # one real sample at a time, not always the same
+
+
+def test_the_fisher_of_the_seen_samples_is_their_contexts_fisher():
+    info, images, stream = tiny_problem("task", n_real=(3, 4, 2), n_max=4)
+    model = SoftmaxRegression(info.n_out)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))
+    key = jax.random.key(3)
+
+    @jax.jit
+    def seen(mask):
+        return seen_fisher(info, model, params, images, stream, mask, key, "all", chunk_size=2)
+
+    def by_context(c):
+        return context_fisher(info, model, params, images, stream, jnp.int32(c), key, "all", chunk_size=2)
+
+    whole = np.zeros((3, 4), bool)
+    whole[1] = True  # every sample of context 1 (its padding slot included: never drawn, never counted)
+    jax.tree.map(np.testing.assert_array_equal, seen(whole), by_context(1))
+    # samples of two contexts: each on its own context's units, the mean over all five
+    part = np.zeros((3, 4), bool)
+    part[0, :3] = part[2, :2] = True
+    expected = jax.tree.map(lambda a, b: (3 * a + 2 * b) / 5, by_context(0), by_context(2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), seen(part), expected)
+    assert not np.any(np.asarray(seen(np.zeros((3, 4), bool))["params"]["Linear_0"]["bias"]))
 
 
 # ------------------------------------------------------------------ distillation

@@ -34,6 +34,7 @@ class Setup(NamedTuple):
     batch_size: int
     iters: int
     task_free: bool = False  # the run learns from a task-free stream (cljax.task_free)
+    update_every: int | None = None  # on a stream: iterations between consolidations
 
 
 class Strategy(NamedTuple):

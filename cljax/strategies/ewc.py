@@ -16,6 +16,15 @@ later contexts adds ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` to the loss,
 The Fisher is computed over the context's training data on the units active in that context
 (:func:`cljax.fisher.context_fisher`), in the compiled ``end_context``.
 
+On a task-free stream (``cljax run --stream ...``) both consolidate every ``update_every`` iterations
+(default 100, as the reference's other consolidating methods) instead of at context ends, with the Fisher
+over the training samples the stream showed since the last consolidation (:func:`cljax.fisher.seen_fisher`;
+the learner marks each sample it trains on) and one (Fisher, anchor) slot per consolidation for ``ewc``.
+The reference has no task-free EWC (its ``params/options.py``: "currently the only supported param reg
+option is SI"), so the stream keeps the scenario's published lambda. An ``academic-setting`` stream that
+consolidates once per context and sees every sample of each context trains what the context-by-context
+run trains.
+
 Options (defaults: NMI-2022 for ``ewc``, 3S-2019 for ``online-ewc``, shared/PROTOCOL.md):
 
 - ``protocol``: ``nmi2022`` or ``3s2019``; picks the published value of every option left at its default.
@@ -33,6 +42,7 @@ Hyperparameters (inputs of the compiled programs, :mod:`cljax.hyper`): ``lambda`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.batching import sample_context
-from cljax.fisher import FISHER_LABELS, context_fisher
+from cljax.fisher import FISHER_LABELS, context_fisher, seen_fisher
 from cljax.regularizers import (
     check_choice,
     check_range,
@@ -60,6 +70,7 @@ from cljax.strategies.base import (
     Strategy,
     StrategySpec,
     apply_gradients,
+    context_steps,
     init_classifier,
 )
 from cljax.strategies.finetune import classification_loss
@@ -114,6 +125,23 @@ class OnlineEWCState(flax.struct.PyTreeNode):
     anchor: Any
 
 
+class StreamEWCState(EWCState):
+    """EWC on a task-free stream: as :class:`EWCState`, with the samples seen since the last consolidation."""
+
+    seen: jax.Array  # bool (C, N_max): by context and position in stream.train_idx
+
+
+class StreamOnlineEWCState(OnlineEWCState):
+    """Online EWC on a task-free stream: as :class:`OnlineEWCState`, with the samples seen since the last
+    consolidation."""
+
+    seen: jax.Array
+
+
+def _fields(state: flax.struct.PyTreeNode) -> dict[str, Any]:
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
 def _settings(options: Mapping[str, Any], info: ScenarioInfo, online: bool) -> dict[str, Any]:
     if online:
         opts = resolve_protocol(options, ONLINE_EWC_PUBLISHED, info.scenario)
@@ -140,7 +168,10 @@ def _ewc(setup: Setup, options: Mapping[str, Any], online: bool) -> Strategy:
     info = setup.info
     settings = _settings(options, info, online)
     lam, gamma = settings["lambda"], settings.get("gamma", 1.0)
-    n_slots = 1 if online else max(info.n_contexts - 1, 1)
+    if setup.task_free:
+        n_slots = info.n_contexts * setup.iters // (setup.update_every or setup.iters)
+    else:
+        n_slots = max(info.n_contexts - 1, 1)
 
     def penalty(params, state) -> jax.Array:
         if online:
@@ -148,17 +179,24 @@ def _ewc(setup: Setup, options: Mapping[str, Any], online: bool) -> Strategy:
         return quadratic_penalty(params, state.mean, state.precision) + state.offset
 
     def init(key, images, stream):
-        del images, stream
+        del images
         classifier = init_classifier(setup, key)
         zeros = jax.tree.map(jnp.zeros_like, classifier.params)
         if online:
-            return OnlineEWCState(classifier, zeros, zeros)
-        slots = stack_slots(zeros, n_slots)
-        return EWCState(classifier, slots, slots, jnp.zeros((), jnp.int32), zeros, zeros, jnp.zeros(()))
+            state = OnlineEWCState(classifier, zeros, zeros)
+        else:
+            slots = stack_slots(zeros, n_slots)
+            state = EWCState(classifier, slots, slots, jnp.zeros((), jnp.int32), zeros, zeros, jnp.zeros(()))
+        if not setup.task_free:
+            return state
+        seen = jnp.zeros(stream.train_idx.shape, bool)
+        return (StreamOnlineEWCState if online else StreamEWCState)(**_fields(state), seen=seen)
 
     def step(state, images, stream, context, key):
         batch = sample_context(info, images, stream, context, key, setup.batch_size)
+        return learn_batch(state, batch)
 
+    def learn_batch(state, batch):
         def loss_fn(params):
             current = classification_loss(setup, params, batch)
             reg = penalty(params, state)
@@ -174,6 +212,10 @@ def _ewc(setup: Setup, options: Mapping[str, Any], online: bool) -> Strategy:
             info, setup.model, params, images, stream, context, key,
             settings["fisher_labels"], settings["fisher_n"],
         )  # fmt: skip
+        return add_fisher(state, new)
+
+    def add_fisher(state, new):
+        params = state.classifier.params
         if online:
             fisher = jax.tree.map(lambda old, f: gamma * old + f, state.fisher, new)
             return state.replace(fisher=fisher, anchor=params)
@@ -197,7 +239,23 @@ def _ewc(setup: Setup, options: Mapping[str, Any], online: bool) -> Strategy:
     def predict(state, x):
         return setup.model.apply(state.classifier.params, x)
 
-    return Strategy(init=init, step=step, end_context=end_context, predict=predict)
+    if not setup.task_free:
+        return Strategy(init=init, step=step, end_context=end_context, predict=predict)
+
+    def learn(state, images, stream, batch, key):
+        del images, stream, key
+        state, metrics = learn_batch(state, batch)
+        return state.replace(seen=state.seen.at[batch.context, batch.slot].set(True)), metrics
+
+    def consolidate_seen(state, images, stream, key):
+        new = seen_fisher(
+            info, setup.model, state.classifier.params, images, stream, state.seen, key,
+            settings["fisher_labels"], settings["fisher_n"],
+        )  # fmt: skip
+        return add_fisher(state, new).replace(seen=jnp.zeros_like(state.seen))
+
+    step, end_context = context_steps(setup, learn, consolidate_seen)
+    return Strategy(init, step, end_context, predict, learn=learn, consolidate=consolidate_seen)
 
 
 def ewc(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
@@ -241,6 +299,7 @@ SPECS = (
         defaults=ewc_defaults,
         resolve=protocol_resolver(EWC_PUBLISHED, EWC_PUBLISHED_BY_BENCHMARK),
         hyperparameters=("lambda",),
+        task_free=True,
     ),
     StrategySpec(
         "online-ewc",
@@ -249,5 +308,6 @@ SPECS = (
         defaults=online_ewc_defaults,
         resolve=protocol_resolver(ONLINE_EWC_PUBLISHED),
         hyperparameters=("lambda", "gamma"),
+        task_free=True,
     ),
 )
