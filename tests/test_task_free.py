@@ -55,7 +55,7 @@ def test_an_academic_stream_is_the_context_protocol_for_the_streams_replay_learn
 
 
 # none, si and er count theirs in the tests above and below
-@pytest.mark.parametrize("strategy", ["lwf", "agem", "icarl"])
+@pytest.mark.parametrize("strategy", ["lwf", "agem", "icarl", "gen-classifier"])
 def test_the_whole_stream_is_compiled_once(strategy, tiny_data):
     before = engine.programs_compiled()
     result = cljax.run(strategy=strategy, scenario="class", dataset=tiny_data, **STREAM, **TINY)
