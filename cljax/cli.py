@@ -243,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_cache_flag(sweep)
     add_distributed_flags(sweep)
     _add_import_flag(sweep)
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train the CIFAR conv layers on CIFAR-10, as NMI-2022 (the reference's main_pretrain.py)",
+    )
+    pre.add_argument("--benchmark", default="cifar10", choices=("cifar10",), help="the data to pre-train on")
+    pre.add_argument("--seed", type=int, default=1, help="one set per seed (the reference's --seed-to-stag)")
+    pre.add_argument("--epochs", type=int, default=100, help="the reference: 100")
+    pre.add_argument("--batch-size", type=int, default=256)
+    pre.add_argument("--lr", type=float, default=1e-4)
+    pre.add_argument("--no-augment", action="store_true", help="no random crops and flips")
+    pre.add_argument("--data-dir", default=None)
+    pre.add_argument("--out", default=None, help="folder to write (default: the cache's pretrained/ folder)")
+    pre.add_argument("--overwrite", action="store_true", help="replace an existing set")
+    pre.add_argument("--quiet", action="store_true")
+    _add_compile_cache_flag(pre)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
     plot.add_argument("results", nargs="+", help="JSON files written by cljax run --out")
     plot.add_argument("--out", default="accuracy.png", help="the PNG file to write")
@@ -460,6 +475,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from cljax.pretrain import pretrain
+
+    _compile_cache(args)
+    pretrain(
+        seed=args.seed,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        augment_data=not args.no_augment,
+        out=args.out,
+        overwrite=args.overwrite,
+        log=(lambda line: None) if args.quiet else print,
+    )
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from cljax.plots import matplotlib_missing, plot_runs
 
@@ -481,12 +514,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "table": cmd_table,
             "sweep": cmd_sweep,
             "plot": cmd_plot,
+            "pretrain": cmd_pretrain,
         }
         return commands[args.command](args)
     except ConfigError as err:
         print(f"cljax: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, FloatingPointError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
         print(f"cljax: error: {err}", file=sys.stderr)
         return 1
 

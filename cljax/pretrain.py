@@ -1,0 +1,284 @@
+"""Pre-training the CIFAR conv layers on CIFAR-10, as NMI-2022 did, and finding a saved set again.
+
+The reference (GMvandeVen/continual-learning, ``main_pretrain.py``; ``all_results.sh`` lines 42-52:
+``--experiment=CIFAR10 --epochs=100 --augment --seed-to-stag``, one set per seed) trains its standard CIFAR
+classifier, the 5 conv layers of :class:`cljax.models.conv_layers.ConvLayers` and fc 2000-2000-10, on
+CIFAR-10 with Adam (lr 1e-4, betas 0.9 / 0.999), batch 256 (the last incomplete batch of each epoch
+dropped), inputs normalised per channel with CIFAR-10's statistics and augmented with a random 32x32 crop
+of the image padded by 4 pixels (symmetric padding) and a random horizontal flip. Its conv layers are
+kept; split CIFAR-100 then runs on them frozen.
+
+Here each epoch is one compiled program (a scan over its batches; the shuffle and the augmentation are
+drawn on the device). The conv layers' params and batch-norm averages are written with orbax to
+``<cache>/pretrained/<name>/`` beside ``record.json``: how they were made (seed, epochs, settings), their
+CIFAR-10 test and training accuracy, a SHA-256 of the saved values and the time it took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax import optim
+from cljax.data import cache_dir, load_dataset
+from cljax.models.conv_layers import LABEL, ConvClassifier, ConvLayers
+
+# CIFAR-10's per-channel mean and std (the reference's data/available.py)
+CIFAR10_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+EPOCHS = 100
+BATCH_SIZE = 256
+LR = 1e-4
+CROP_PADDING = 4
+EVAL_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class PretrainRecord:
+    """How a set of conv layers was made and how good it is (``record.json``)."""
+
+    name: str
+    dataset: str
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    augment: bool
+    test_accuracy: float  # %, CIFAR-10 test set, batch norm on its running averages
+    train_accuracy: float  # %, the unaugmented training set
+    sha256: str  # of the saved conv params and batch-norm averages, in tree order
+    train_seconds: float
+    layers: str = LABEL
+    reference: str = "GMvandeVen/continual-learning main_pretrain.py --epochs=100 --augment"
+
+
+class PretrainState(flax.struct.PyTreeNode):
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def set_name(seed: int, epochs: int, dataset: str = "cifar10") -> str:
+    """The folder name of a set: the reference's ``C3-5x16-bn-e100-s<seed>``, with the dataset first."""
+    return f"{dataset}-{LABEL}-e{epochs}-s{seed}"
+
+
+def pretrained_dir() -> Path:
+    """Where pre-trained sets live: ``<cache>/pretrained``."""
+    return cache_dir() / "pretrained"
+
+
+def normalize(x: jax.Array, stats=CIFAR10_NORMALIZE) -> jax.Array:
+    """uint8 (B, H, W, C) -> float32, per channel (x / 255 - mean) / std."""
+    mean, std = (jnp.asarray(v, jnp.float32) for v in stats)
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def augment(x: jax.Array, key: jax.Array, padding: int = CROP_PADDING) -> jax.Array:
+    """torchvision's RandomCrop(size, padding, padding_mode='symmetric') and RandomHorizontalFlip, each
+    sample its own."""
+    b, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode="symmetric")
+    k_row, k_col, k_flip = jax.random.split(key, 3)
+    rows = jax.random.randint(k_row, (b,), 0, 2 * padding + 1)
+    cols = jax.random.randint(k_col, (b,), 0, 2 * padding + 1)
+    crops = jax.vmap(lambda img, r, c: jax.lax.dynamic_slice(img, (r, c, 0), (h, w, img.shape[-1])))(
+        padded, rows, cols
+    )
+    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
+
+
+def tree_sha256(tree: Any) -> str:
+    """SHA-256 of a pytree's arrays, in tree order (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        arr = np.asarray(leaf)
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(f"{arr.shape}{arr.dtype}".encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()
+
+
+def _programs(model: ConvClassifier, optimizer: optax.GradientTransformation, batch_size: int, aug: bool):
+    def loss_fn(params, batch_stats, x, y):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, updates["batch_stats"]
+
+    def epoch(state: PretrainState, train_x, train_y, key):
+        n_batches = train_x.shape[0] // batch_size
+        k_perm, k_aug = jax.random.split(key)
+        order = jax.random.permutation(k_perm, train_x.shape[0])[: n_batches * batch_size]
+
+        def step(state, xs):
+            idx, k = xs
+            x = normalize(train_x[idx])
+            if aug:
+                x = augment(x, k)
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, state.batch_stats, x, train_y[idx]
+            )
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return PretrainState(params, stats, opt_state), loss
+
+        keys = jax.random.split(k_aug, n_batches)
+        return jax.lax.scan(step, state, (order.reshape(n_batches, batch_size), keys))
+
+    def correct(state: PretrainState, x, y):
+        def chunk(c):
+            xs, ys = c
+            logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, normalize(xs))
+            return jnp.sum(jnp.argmax(logits, -1) == ys)
+
+        return jax.lax.map(chunk, (x, y)).sum()
+
+    return jax.jit(epoch, donate_argnums=0), jax.jit(correct)
+
+
+def _accuracy(correct: Callable, state: PretrainState, x: np.ndarray, y: np.ndarray) -> float:
+    n = (x.shape[0] // EVAL_CHUNK) * EVAL_CHUNK or x.shape[0]
+    chunk = min(EVAL_CHUNK, n)
+    hits = correct(state, x[:n].reshape(-1, chunk, *x.shape[1:]), y[:n].reshape(-1, chunk))
+    return 100.0 * float(hits) / n
+
+
+def pretrain(
+    seed: int = 1,
+    epochs: int = EPOCHS,
+    data_dir: str | Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    augment_data: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dataset: Any = None,
+    log: Callable[[str], None] | None = print,
+) -> PretrainRecord:
+    """Pre-train the conv layers on CIFAR-10 and save them (see the module docstring).
+
+    ``out``: the folder to write (default ``<cache>/pretrained/<set_name>``); an existing set is kept
+    unless ``overwrite``. ``dataset``: a :class:`cljax.Dataset` to use instead of loading CIFAR-10 (tests).
+    """
+    for name, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"pretrain: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
+                             f"integer, got {value!r}")  # fmt: skip
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"pretrain: lr must be a positive number, got {lr!r}")
+    name = set_name(seed, epochs)
+    folder = Path(out) if out is not None else pretrained_dir() / name
+    if (folder / "record.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"pretrain: {folder} already holds a pre-trained set; pass overwrite=True (--overwrite) to "
+            "replace it"
+        )
+    data = dataset if dataset is not None else load_dataset("cifar10", data_dir)
+    if data.train_x.shape[1:] != (32, 32, 3):
+        raise ValueError(f"pretrain: expected 32x32 RGB images, got {data.train_x.shape[1:]}")
+    if data.train_x.shape[0] < batch_size:
+        raise ValueError(f"pretrain: {data.train_x.shape[0]} training images are fewer than one batch")
+
+    model = ConvClassifier(int(data.num_classes))
+    optimizer = optim.adam(lr, b1=0.9, b2=0.999)
+    k_init, k_train = jax.random.split(jax.random.key(seed))
+    variables = model.init(k_init, jnp.zeros((1, 32, 32, 3), jnp.float32))
+    state = PretrainState(variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
+    epoch, correct = _programs(model, optimizer, batch_size, augment_data)
+    train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+
+    start = time.perf_counter()
+    for e in range(epochs):
+        state, losses = epoch(state, train_x, train_y, jax.random.fold_in(k_train, e))
+        loss = float(losses.mean())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"pretrain: the loss became {loss} in epoch {e + 1}; try a lower lr")
+        if log is not None:
+            log(f"epoch {e + 1}/{epochs}: loss {loss:.4f}")
+    seconds = time.perf_counter() - start
+    test_acc = _accuracy(correct, state, data.test_x, data.test_y)
+    train_acc = _accuracy(correct, state, data.train_x, data.train_y)
+
+    conv = {"params": state.params["conv"], "batch_stats": state.batch_stats["conv"]}
+    record = PretrainRecord(
+        name=name,
+        dataset="cifar10" if dataset is None else getattr(data, "name", "cifar10"),
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=float(lr),
+        augment=bool(augment_data),
+        test_accuracy=round(test_acc, 2),
+        train_accuracy=round(train_acc, 2),
+        sha256=tree_sha256(conv),
+        train_seconds=round(seconds, 1),
+    )
+    _write(folder, conv, record)
+    if log is not None:
+        log(
+            f"CIFAR-10 test accuracy {test_acc:.2f} % (train {train_acc:.2f} %), {seconds:.0f} s; "
+            f"wrote {folder}"
+        )
+    return record
+
+
+def _write(folder: Path, conv: Any, record: PretrainRecord) -> None:
+    """Write to a fresh folder beside ``folder`` and move it into place, so a failure keeps any old set."""
+    from cljax.trained import save_tree
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_tree(tmp.resolve() / "conv", jax.device_get(conv))
+    (tmp / "record.json").write_text(json.dumps(asdict(record), indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def abstract_conv() -> Any:
+    """The shapes and dtypes of a saved set's tree."""
+    variables = jax.eval_shape(
+        lambda: ConvLayers().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+    )
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def load_pretrained(seed: int, epochs: int = EPOCHS, folder: str | Path | None = None) -> tuple[Any, dict]:
+    """The conv layers pre-trained for ``seed`` (``{"params", "batch_stats"}``) and their record.
+
+    A missing set is a FileNotFoundError that says how to make it; a set whose values do not match its
+    record's hash is a ValueError (a corrupt or edited file).
+    """
+    from cljax.trained import restore_tree
+
+    folder = Path(folder) if folder is not None else pretrained_dir() / set_name(seed, epochs)
+    if not (folder / "record.json").exists():
+        raise FileNotFoundError(
+            f"no conv layers pre-trained on CIFAR-10 for seed {seed} ({epochs} epochs) in {folder}; make "
+            f"them with `cljax pretrain --benchmark cifar10 --seed {seed} --epochs {epochs}` (the "
+            "reference's main_pretrain.py; about 80 minutes per seed on 2 CPU cores, minutes on a GPU)"
+        )
+    record = json.loads((folder / "record.json").read_text())
+    conv = restore_tree((folder / "conv").resolve(), abstract_conv())
+    if tree_sha256(conv) != record.get("sha256"):
+        raise ValueError(
+            f"{folder}: the saved conv layers do not match the hash in record.json (a corrupt or edited "
+            f"file); make them again with `cljax pretrain --benchmark cifar10 --seed {seed} --overwrite`"
+        )
+    return conv, record
