@@ -296,9 +296,14 @@ def prepare(
     names = traced_names(spec, config)
     for other in configs:
         _check_same_program(config, other, names)
-    dataset = load_data(bench, config, dataset)
-    info = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
     seeds = config.seed_list
+    convs = pretrained_convs(bench, seeds) if bench.pretrained is not None else None
+    dataset = load_data(bench, config, dataset)
+    info = pixels = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
+    if convs is not None:
+        from cljax.features import feature_info
+
+        info = feature_info(info, FEATURE_SHAPE, f"{bench.pretrained} (e{bench.pretrained_epochs})")
     per_seed = [
         make_stream(
             bench,
@@ -329,6 +334,11 @@ def prepare(
             f"stream: strategy {config.strategy!r} is registered with task_free=True but its Strategy has no "
             "learn and consolidate functions; give both to learn from a task-free stream"
         )
+    if convs is not None:  # every seed's images through its frozen conv layers, once (cljax.features)
+        from cljax.features import features_of_seeds, shift_to_seed_rows
+
+        images, _ = features_of_seeds(convs, pixels, dataset)
+        streams = shift_to_seed_rows(streams, len(seeds), len(dataset.train_y), len(dataset.test_y))
     return Experiment(
         config,
         info,
@@ -343,6 +353,33 @@ def prepare(
         spec=spec,
         built=strategy,
     )
+
+
+FEATURE_SHAPE = (2, 2, 256)  # the pre-trained conv layers' output for a 32x32 image
+
+
+def pretrained_convs(bench: Benchmark, seeds: list[int]) -> list[Any]:
+    """Each seed's pre-trained conv layers (the reference's --seed-to-ltag), or a ConfigError that says how
+    to make the missing ones, before anything compiles."""
+    from cljax.pretrain import load_pretrained
+
+    convs, missing = [], []
+    for seed in seeds:
+        try:
+            convs.append(load_pretrained(seed, bench.pretrained_epochs)[0])
+        except FileNotFoundError:
+            missing.append(seed)
+        except ValueError as err:
+            raise ConfigError(f"benchmark {bench.name}: {err}") from None
+    if missing:
+        seeds_text = ", ".join(map(str, missing))
+        raise ConfigError(
+            f"benchmark {bench.name}: NMI-2022 runs it on conv layers pre-trained on {bench.pretrained}, one "
+            f"set per seed, and seed(s) {seeds_text} have none; make them with `cljax pretrain --benchmark "
+            f"{bench.pretrained} --seed S --epochs {bench.pretrained_epochs}` for each (about 80 minutes per "
+            "seed on 2 CPU cores), or use split-cifar100-scratch to train the conv layers with the fc layers"
+        )
+    return convs
 
 
 def _check_same_program(config: RunConfig, other: RunConfig, names: tuple[str, ...]) -> None:
@@ -469,7 +506,13 @@ def _program_key(exp: Experiment, *trees: Any) -> tuple | None:
     cfg = exp.config
     names = tuple(exp.hparams or ())
     static = tuple(sorted((k, repr(v)) for k, v in cfg.options.items() if k not in names))
-    model = cfg.model if isinstance(cfg.model, str) else id(cfg.model)
+    # the network that runs: the config's, else the benchmark's (two Benchmarks of one name may differ);
+    # a function or module class is kept in the key itself (hashed by identity), so its id is never reused
+    used = cfg.model if cfg.model is not None else getattr(exp.benchmark, "model", None)
+    try:
+        model = (used, hash(used))
+    except TypeError:
+        model = id(used)
     shapes = tuple(
         (str(jax.tree.structure(t)), tuple((x.shape, str(x.dtype), str(getattr(x, "sharding", None)))
                                            for x in jax.tree.leaves(t)))

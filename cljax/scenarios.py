@@ -52,6 +52,7 @@ class ScenarioInfo(NamedTuple):
     input_shape: tuple[int, ...]  # (H, W, C) after padding
     permuted: bool
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None
+    features: str | None = None  # inputs are frozen pre-trained conv features (cljax.features), not pixels
 
     @property
     def task_il(self) -> bool:

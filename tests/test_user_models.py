@@ -252,7 +252,7 @@ def test_model_from_takes_names_modules_factories_and_nnx():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("mpl", "unknown model 'mpl'; choose one of: mlp, mlp-1000, cnn, convnet"),
+        ("mpl", "unknown model 'mpl'; choose one of: mlp, mlp-1000, mlp-2000, cnn, convnet"),
         (3, "cannot build a network from a int; pass a registered model name"),
         (lambda n_out: "net", r"returned a str, not a flax module"),
         (lambda: UserMLP(10), r"calling <lambda>\(10\) failed"),

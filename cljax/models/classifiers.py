@@ -70,6 +70,9 @@ class ConvNet(nn.Module):
 
 register_model("mlp", lambda n_out: MLP(n_out, (400, 400)), summary="MLP 400-400 (split MNIST)")
 register_model("mlp-1000", lambda n_out: MLP(n_out, (1000, 1000)), summary="MLP 1000-1000 (perm. MNIST)")
+register_model(
+    "mlp-2000", lambda n_out: MLP(n_out, (2000, 2000)), summary="MLP 2000-2000 (NMI-2022 CIFAR fc layers)"
+)
 register_model("cnn", TutorialCNN, summary="the seed tutorial's CNN: 2 conv, fc 50")
 register_model("convnet", ConvNet, summary="NMI-2022's CIFAR network: 5 conv, fc 2000-2000")
 

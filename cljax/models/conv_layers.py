@@ -14,6 +14,7 @@ continual phase, so they are a pure function of their params.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,3 +54,15 @@ class ConvClassifier(nn.Module):
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.fc(self.conv(x, train))
+
+
+class FrozenConvMLP(MLP):
+    """An MLP behind frozen conv layers (``conv``: their ``{"params", "batch_stats"}``, constants of the
+    program): the frozen layers run inside every step. Its params are exactly those of an
+    ``MLP(n_out, hidden)`` on the conv features, so it trains what the features-once path trains."""
+
+    conv: Any = None
+
+    def features(self, x: jax.Array) -> jax.Array:
+        h = ConvLayers(parent=None).apply(self.conv, x)
+        return super().features(jax.lax.stop_gradient(h))

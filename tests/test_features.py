@@ -1,0 +1,73 @@
+"""Frozen pre-trained conv layers computed once equal running them inside every step."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import cljax
+from cljax import engine
+from cljax.config import ConfigError
+from cljax.models import MLP
+from cljax.models.conv_layers import FrozenConvMLP
+from cljax.presets import Benchmark
+from cljax.pretrain import load_pretrained, pretrain
+
+from .test_pretrain import tiny_cifar
+
+CIFAR100_NORMALIZE = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+FEATURES_ONCE = Benchmark(
+    name="tiny-pretrained",
+    n_contexts=2,
+    classes_per_context=2,
+    model=lambda n_out: MLP(n_out, (16,)),
+    iters=8,
+    lr=1e-3,
+    batch_size=8,
+    normalize=CIFAR100_NORMALIZE,
+    pretrained="cifar10",
+    pretrained_epochs=1,
+)
+RUN = dict(strategy="none", scenario="class", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def conv_sets(tmp_path_factory):
+    """Conv layers 'pre-trained' for one epoch on tiny images, for seeds 0 and 1, in a cache of their own."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLJAX_CACHE_DIR", str(cache))
+        for seed in (0, 1):
+            pretrain(seed=seed, epochs=1, batch_size=16, dataset=tiny_cifar(seed=seed), log=None)
+        yield {seed: load_pretrained(seed, 1)[0] for seed in (0, 1)}, cache
+
+
+def frozen_inside(conv) -> Benchmark:
+    """The same protocol with the frozen layers run inside every step, on the images."""
+    model = lambda n_out: FrozenConvMLP(n_out, (16,), conv=conv)  # noqa: E731
+    return dataclasses.replace(FEATURES_ONCE, name="tiny-frozen-inside", pretrained=None, model=model)
+
+
+def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_sets, monkeypatch):
+    convs, cache = conv_sets
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(cache))
+    data = tiny_cifar()
+    once = cljax.run(benchmark=FEATURES_ONCE, dataset=data, seeds=2, **RUN)
+    for seed in (0, 1):
+        inside = cljax.run(benchmark=frozen_inside(convs[seed]), dataset=data, first_seed=seed, **RUN)
+        np.testing.assert_allclose(once.context_loss[seed], inside.context_loss[0], rtol=1e-5)
+        np.testing.assert_allclose(once.acc_matrix[seed], inside.acc_matrix[0], atol=1e-4)
+    assert once.config["protocol"]["pretrained"] == "cifar10"
+    assert not np.allclose(once.context_loss[0], once.context_loss[1])  # each seed its own conv layers
+
+
+def test_a_missing_pretrained_set_says_how_to_make_it_before_compiling(conv_sets, monkeypatch):
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(conv_sets[1]))
+    before = engine.programs_compiled()
+    with pytest.raises(ConfigError, match=r"seed\(s\) 2 have none; make them with `cljax pretrain"):
+        cljax.run(benchmark=FEATURES_ONCE, dataset=tiny_cifar(), seeds=3, **RUN)
+    with pytest.raises(ConfigError, match="internal replay"):
+        cljax.run(**{**RUN, "strategy": "dgr"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar())
+    assert engine.programs_compiled() == before
