@@ -228,7 +228,7 @@ def pretrain(
         sha256=tree_sha256(conv),
         train_seconds=round(seconds, 1),
     )
-    _write(folder, conv, record)
+    save_pretrained(folder, conv, record)
     if log is not None:
         log(
             f"CIFAR-10 test accuracy {test_acc:.2f} % (train {train_acc:.2f} %), {seconds:.0f} s; "
@@ -237,7 +237,7 @@ def pretrain(
     return record
 
 
-def _write(folder: Path, conv: Any, record: PretrainRecord) -> None:
+def save_pretrained(folder: Path, conv: Any, record: PretrainRecord) -> None:
     """Write to a fresh folder beside ``folder`` and move it into place, so a failure keeps any old set."""
     from cljax.trained import save_tree
 

@@ -450,6 +450,17 @@ def test_permuted_mnist_gets_its_own_published_settings():
     assert split["c"] == 5e4
 
 
+def test_split_cifar100_gets_the_references_settings():
+    from cljax.config import RunConfig
+
+    def resolved(strategy, scenario):
+        config = RunConfig(benchmark="split-cifar100", strategy=strategy, scenario=scenario)
+        return config.resolved().options
+
+    assert [resolved("ewc", s)["lambda"] for s in ("task", "domain", "class")] == [1e3, 1e3, 100.0]
+    assert [resolved("si", s)["c"] for s in ("task", "domain", "class")] == [100.0, 500.0, 5.0]
+
+
 # ------------------------------------------------------------------ tiny runs
 
 

@@ -91,7 +91,15 @@ EWC_PUBLISHED = {
 # NMI-2022 on permuted MNIST (shared/PROTOCOL.md): lambda 100 in every scenario, Fisher from 1000 samples.
 _PERM_MNIST_EWC = {"lambda": 100.0, "fisher_labels": "all", "fisher_n": 1000}
 EWC_PUBLISHED_BY_BENCHMARK = {
-    "perm-mnist": {"nmi2022": {s: dict(_PERM_MNIST_EWC) for s in ("task", "domain", "class")}}
+    "perm-mnist": {"nmi2022": {s: dict(_PERM_MNIST_EWC) for s in ("task", "domain", "class")}},
+    # the reference's CIFAR-100 values (params/param_values.py lines 121-136 at e6d795a)
+    "split-cifar100": {
+        "nmi2022": {
+            "task": {"lambda": 1e3, "fisher_labels": "all"},
+            "domain": {"lambda": 1e3, "fisher_labels": "all"},
+            "class": {"lambda": 100.0, "fisher_labels": "all"},
+        }
+    },
 }
 
 # NMI-2022 publishes no online-EWC values: there only its Fisher labels differ from 3S-2019.

@@ -55,7 +55,9 @@ SI_PUBLISHED = {
 }
 # NMI-2022 on permuted MNIST (shared/PROTOCOL.md).
 SI_PUBLISHED_BY_BENCHMARK = {
-    "perm-mnist": {"nmi2022": {"task": {"c": 10.0}, "domain": {"c": 10.0}, "class": {"c": 5.0}}}
+    "perm-mnist": {"nmi2022": {"task": {"c": 10.0}, "domain": {"c": 10.0}, "class": {"c": 5.0}}},
+    # the reference's CIFAR-100 values (params/param_values.py lines 121-136 at e6d795a)
+    "split-cifar100": {"nmi2022": {"task": {"c": 100.0}, "domain": {"c": 500.0}, "class": {"c": 5.0}}},
 }
 PATH_GRADIENTS = ("total", "current")
 # On a task-free stream the reference uses c = 10 in every scenario (params/param_values.py lines 118-119,
