@@ -71,3 +71,13 @@ def test_a_missing_pretrained_set_says_how_to_make_it_before_compiling(conv_sets
     with pytest.raises(ConfigError, match="internal replay"):
         cljax.run(**{**RUN, "strategy": "dgr"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar())
     assert engine.programs_compiled() == before
+
+
+def test_the_generative_classifier_models_the_features(conv_sets, monkeypatch):
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(conv_sets[1]))
+    options = {"gen_units": 16, "eval_s": 4}
+    result = cljax.run(**{**RUN, "strategy": "gen-classifier"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar(),
+                       options=options)  # fmt: skip
+    assert result.config["options"]["gen_layers"] == 2 and result.config["options"]["z_dim"] == 20  # CIFAR's
+    assert np.isfinite(result.context_loss).all()
+    assert np.asarray(result.acc_matrix)[0, 0, 1] == 0  # classes not yet trained are never predicted
