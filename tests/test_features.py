@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -68,7 +69,7 @@ def test_a_missing_pretrained_set_says_how_to_make_it_before_compiling(conv_sets
     before = engine.programs_compiled()
     with pytest.raises(ConfigError, match=r"seed\(s\) 2 have none; make them with `cljax pretrain"):
         cljax.run(benchmark=FEATURES_ONCE, dataset=tiny_cifar(), seeds=3, **RUN)
-    with pytest.raises(ConfigError, match="internal replay"):
+    with pytest.raises(ConfigError, match="convolutional VAE"):
         cljax.run(**{**RUN, "strategy": "dgr"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar())
     assert engine.programs_compiled() == before
 
@@ -81,3 +82,19 @@ def test_the_generative_classifier_models_the_features(conv_sets, monkeypatch):
     assert result.config["options"]["gen_layers"] == 2 and result.config["options"]["z_dim"] == 20  # CIFAR's
     assert np.isfinite(result.context_loss).all()
     assert np.asarray(result.acc_matrix)[0, 0, 1] == 0  # classes not yet trained are never predicted
+
+
+def test_brain_inspired_replay_replays_the_features(conv_sets, monkeypatch):
+    from cljax.config import RunConfig
+    from cljax.strategies.bir import feature_reconstruction_loss
+
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(conv_sets[1]))
+    options = {"units": (16,), "z_dim": 4, "replay_batch": 8}
+    result = cljax.run(**{**RUN, "strategy": "bir"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar(),
+                       options=options)  # fmt: skip
+    assert np.isfinite(result.context_loss).all() and result.context_loss[0][1] > 0
+    x = jax.numpy.asarray([[[[3.0, -1.0]]]])
+    assert float(feature_reconstruction_loss(x + 2.0, x)[0]) == 2.0  # mean 0.5 (x - recon)^2, unsquashed
+    dg = [RunConfig(benchmark="split-cifar100", strategy="bir", scenario=s).resolved().options["dg_prop"]
+          for s in ("task", "domain", "class")]  # fmt: skip
+    assert dg == [0.0, 0.5, 0.7]  # the reference's CIFAR gate proportions

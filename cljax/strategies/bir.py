@@ -25,8 +25,11 @@ unless it sets ``gates=True`` (then ``dg_prop = 0`` draws all-ones masks: gated 
 off, equal to no gates up to rounding). The masks are drawn once, at ``init``, from ``dg_prop``. Static:
 ``z_dim``, ``replay_batch`` and ``units`` (shapes).
 
-Left out: internal (hidden-layer) replay, which needs conv layers; the split-MNIST models have none (the
-reference's ``depth=0``), so BI-R here equals the reference's on split and permuted MNIST.
+Internal replay: on split CIFAR-100 the inputs are the frozen pre-trained conv layers' features
+(:mod:`cljax.features`), so the decoder generates those (the reference's ``--hidden``), with a linear
+output and the reference's CIFAR reconstruction loss, mean 0.5 (x - recon)^2 (``--recon-loss MSE``), and
+the reference's CIFAR gate proportions 0 / 0.5 / 0.7. The split-MNIST models have no conv layers (the
+reference's ``depth=0``), so there BI-R replays pixels, as the reference's does.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cljax.losses import cross_entropy, distillation, mask_logits, replay_weight
 from cljax.models.classifiers import MLP
 from cljax.models.generators import CondVAE, log_normal_diag, reconstruction_loss
 from cljax.models.registry import module_name
+from cljax.regularizers import Published, published
 from cljax.strategies.base import ClassifierState, Setup, Strategy, StrategySpec, apply_gradients
 from cljax.strategies.dgr import check_unit_interval, hidden_widths, positive_float, positive_int
 
@@ -87,10 +91,17 @@ def has_gates(gates: Any, dg_prop: float | jax.Array) -> bool:
     return gates
 
 
+# The reference's gate proportions where they differ from split MNIST's (params/param_values.py lines
+# 149-154 at e6d795a: "0. / 0.5 / 0.7" for its CIFAR experiments)
+DG_PROP_BY_BENCHMARK = {"split-cifar100": {"task": 0.0, "domain": 0.5, "class": 0.7}}
+
+
 def resolve_gates(options: dict[str, Any], benchmark: str, scenario: str) -> dict[str, Any]:
-    """A ``StrategySpec.resolve``: ``gates=None`` becomes ``dg_prop > 0``, so the options fix the program's
-    shape and ``dg_prop`` can be an input of it. An invalid ``dg_prop`` is left for ``build`` to report."""
-    del benchmark, scenario
+    """A ``StrategySpec.resolve``: a default ``dg_prop`` becomes the benchmark's published one, and
+    ``gates=None`` becomes ``dg_prop > 0``, so the options fix the program's shape and ``dg_prop`` can be
+    an input of it. An invalid ``dg_prop`` is left for ``build`` to report."""
+    if isinstance(options.get("dg_prop"), Published) and benchmark in DG_PROP_BY_BENCHMARK:
+        options = {**options, "dg_prop": published(DG_PROP_BY_BENCHMARK[benchmark][scenario])}
     if options.get("gates") is not None:
         return options
     try:
@@ -108,11 +119,21 @@ class BIRState(flax.struct.PyTreeNode):
     seen: jax.Array  # int32: contexts finished, for ``sample``
 
 
+def feature_reconstruction_loss(recon: jax.Array, x: jax.Array) -> jax.Array:
+    """The reference's reconstruction loss on conv features (``--recon-loss MSE``, a linear output): the
+    mean over the features of 0.5 (x - recon)^2, per sample."""
+    return 0.5 * jnp.square(x - recon).reshape(x.shape[0], -1).mean(axis=1)
+
+
 def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """Brain-inspired replay with replay-through-feedback, conditional replay, gating and distillation."""
     info, batch_size = setup.info, setup.batch_size
     options = {**bir_defaults(info.scenario), **dict(options or {})}
-    check_unit_interval(setup, "bir")
+    on_features = info.features is not None  # internal replay: the decoder generates the conv features
+    if not on_features:
+        check_unit_interval(setup, "bir")
+    recon_loss = feature_reconstruction_loss if on_features else reconstruction_loss
+    output = (lambda y: y) if on_features else nn.sigmoid
     if not isinstance(setup.model, MLP):
         raise ValueError(
             f"model: bir cannot train {module_name(setup.model)}: its classifier is its own VAE's encoder, "
@@ -149,7 +170,7 @@ def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         logits, recon, mean, logvar, z = model.apply(variables(params, gates), x, eps, gate)
         log_q = log_normal_diag(z, mean, logvar)
         log_p = model.apply(variables(params, gates), z, class_probs, method=CondVAE.prior_log_prob)
-        return reconstruction_loss(recon, x) + (log_q - log_p) / n_pixels, logits
+        return recon_loss(recon, x) + (log_q - log_p) / n_pixels, logits
 
     def init(key, images, stream):
         del images, stream
@@ -166,7 +187,7 @@ def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         z = model.apply(
             v, classes, jax.random.normal(key, (classes.shape[0], z_dim)), method=CondVAE.prior_sample
         )
-        return nn.sigmoid(model.apply(v, z, gate_input(classes, contexts), method=CondVAE.decode))
+        return output(model.apply(v, z, gate_input(classes, contexts), method=CondVAE.decode))
 
     def replay_plan(n: int, n_done: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per sample an earlier context (round robin over ``n_done``) and a class of it."""
@@ -254,7 +275,7 @@ def bir_defaults(scenario: str) -> dict[str, Any]:
     dg_prop = {"task": 0.0, "domain": 0.1, "class": 0.1}[scenario]
     return {
         "temperature": 2.0,
-        "dg_prop": dg_prop,
+        "dg_prop": published(dg_prop),
         "gates": None,
         "z_dim": 100,
         "replay_batch": 128,

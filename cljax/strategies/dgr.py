@@ -150,9 +150,9 @@ def check_unit_interval(setup: Setup, name: str) -> None:
     """The generators model pixels in [0, 1]; normalised benchmarks and conv features are not supported."""
     if setup.info.features is not None:
         raise ValueError(
-            f"{name}: {setup.info.benchmark} trains on the features of frozen pre-trained conv layers, and "
-            "cljax's generators model pixels in [0, 1]; replay of those features (NMI-2022's internal "
-            "replay) is not built yet: use split-cifar100-scratch, or a strategy without a generator"
+            f"{name}: {setup.info.benchmark} trains on the features of frozen pre-trained conv layers; "
+            "NMI-2022's DGR there replays images through a convolutional VAE, which cljax does not have "
+            "yet (BI-R and the generative classifier model the features: bir, gen-classifier)"
         )
     if setup.info.normalize is not None:
         raise ValueError(
