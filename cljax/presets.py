@@ -9,6 +9,7 @@ it available by name (``cljax run --benchmark mine`` after ``--import``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,6 +190,23 @@ def get_benchmark(spec: str | Benchmark) -> Benchmark:
     return BENCHMARKS[spec]
 
 
+_SPLIT_CIFAR100 = Benchmark(
+    name="split-cifar100",
+    dataset="cifar100",
+    n_contexts=10,
+    classes_per_context=10,
+    permuted=False,
+    pad_to=None,
+    model="mlp-2000",
+    iters=5000,
+    lr=1e-4,
+    batch_size=256,
+    normalize=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    source="NMI-2022 split CIFAR-100: 10 x 10 classes, 5 conv layers pre-trained on CIFAR-10 and frozen "
+    "(cljax pretrain; features computed once), fc 2000-2000, Adam lr 1e-4, batch 256, 5000 iters",
+    pretrained="cifar10",
+)
+
 for _bench in (
     Benchmark(
         name="split-mnist",
@@ -246,34 +264,12 @@ for _bench in (
         normalize=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         source="NMI-2022 CIFAR settings (Adam lr 1e-4, batch 256, 5000 it) on CIFAR-10 in 5 x 2 classes",
     ),
-    Benchmark(
-        name="split-cifar100",
-        dataset="cifar100",
-        n_contexts=10,
-        classes_per_context=10,
-        permuted=False,
-        pad_to=None,
-        model="mlp-2000",
-        iters=5000,
-        lr=1e-4,
-        batch_size=256,
-        normalize=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        source="NMI-2022 split CIFAR-100: 10 x 10 classes, 5 conv layers pre-trained on CIFAR-10 and frozen "
-        "(cljax pretrain; features computed once), fc 2000-2000, Adam lr 1e-4, batch 256, 5000 iters",
-        pretrained="cifar10",
-    ),
-    Benchmark(
+    _SPLIT_CIFAR100,
+    dataclasses.replace(
+        _SPLIT_CIFAR100,
         name="split-cifar100-scratch",
-        dataset="cifar100",
-        n_contexts=10,
-        classes_per_context=10,
-        permuted=False,
-        pad_to=None,
         model="convnet",
-        iters=5000,
-        lr=1e-4,
-        batch_size=256,
-        normalize=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        pretrained=None,
         source="split CIFAR-100 with NMI-2022's training settings, the conv layers trained from scratch "
         "with the fc layers (not NMI-2022's protocol, which pre-trains them: use split-cifar100)",
     ),
