@@ -35,11 +35,12 @@ def test_xdg_without_gating_is_fine_tuning_and_gates_90_percent_by_default(tiny_
     none = cljax.run(strategy="none", dataset=tiny_data, **TINY)
     ungated = cljax.run(strategy="xdg", dataset=tiny_data, options={"gating_prop": 0.0}, **TINY)
     np.testing.assert_array_equal(ungated.acc_matrix, none.acc_matrix)
-    gated = cljax.run(strategy="xdg", dataset=tiny_data, **TINY)
-    gates = gated.state.gates  # per hidden layer (seeds, contexts, 400)
-    assert gated.config["options"]["gating_prop"] == 0.9
-    assert all((np.asarray(g).sum(axis=-1) == 400 - 360).all() for g in gates)
-    assert not np.array_equal(np.asarray(gates[0])[0, 0], np.asarray(gates[0])[0, 1])  # a mask per context
+    config = {k: v for k, v in TINY.items() if k != "quiet"}
+    exp = engine.prepare(cljax.RunConfig(strategy="xdg", **config), tiny_data)
+    assert exp.config.options["gating_prop"] == 0.9
+    gates = exp.strategy.init(jax.random.key(0), exp.images, jax.tree.map(lambda a: a[0], exp.streams)).gates
+    assert all((np.asarray(g).sum(axis=-1) == 400 - 360).all() for g in gates)  # per layer (contexts, 400)
+    assert not np.array_equal(np.asarray(gates[0])[0], np.asarray(gates[0])[1])  # a mask per context
 
 
 @pytest.mark.parametrize("strategy", ["separate-networks", "xdg"])

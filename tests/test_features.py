@@ -56,7 +56,7 @@ def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_set
     monkeypatch.setenv("CLJAX_CACHE_DIR", str(cache))
     data = tiny_cifar()
     once = cljax.run(benchmark=FEATURES_ONCE, dataset=data, seeds=2, **RUN)
-    for seed in (0, 1):
+    for seed in (1,):  # the second seed: its features sit at shifted rows, the part that can go wrong
         inside = cljax.run(benchmark=frozen_inside(convs[seed]), dataset=data, first_seed=seed, **RUN)
         np.testing.assert_allclose(once.context_loss[seed], inside.context_loss[0], rtol=1e-5)
         np.testing.assert_allclose(once.acc_matrix[seed], inside.acc_matrix[0], atol=1e-4)

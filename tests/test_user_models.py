@@ -100,11 +100,24 @@ def assert_trained(result: cljax.RunResult) -> None:
     assert acc[0, 0, 0] > 75  # the first context's two classes, right after training on them (chance 50)
 
 
-@pytest.mark.parametrize("strategy", [s for s in REGISTRY if s != "bir"])
+OWN_NETWORKS = ("bir", "gen-classifier", "separate-networks", "xdg")  # build the network they train
+
+
+@pytest.mark.parametrize("strategy", [s for s in REGISTRY if s not in OWN_NETWORKS])
 def test_every_strategy_trains_a_user_linen_mlp(tiny_data, strategy):
     result = train_with(UserMLP, strategy, tiny_data)
     assert_trained(result)
     assert result.config["model"] == "UserMLP"
+
+
+@pytest.mark.parametrize("strategy", OWN_NETWORKS[1:])
+def test_strategies_with_their_own_networks_refuse_a_user_network(tiny_data, strategy):
+    scenario = "class" if strategy == "gen-classifier" else "task"
+    exp = cljax.prepare(cljax.RunConfig(strategy=strategy, scenario=scenario, iters=2, batch_size=8),
+                        dataset=tiny_data)  # fmt: skip
+    with pytest.raises(ValueError, match=f"model: {strategy} .*UserMLP") as err:
+        REGISTRY[strategy].build(exp.setup._replace(model=UserMLP(10)), exp.config.options)
+    assert "\n" not in str(err.value)
 
 
 def test_bir_refuses_a_user_network_in_one_clear_line(tiny_data):

@@ -72,6 +72,11 @@ def separate_networks(setup: Setup, options: Mapping[str, Any] | None = None) ->
     """A separate MLP per context (see the module docstring). Option ``units``: its hidden widths."""
     info = setup.info
     options = {**separate_defaults(info.scenario), **dict(options or {})}
+    if not isinstance(setup.model, MLP):
+        raise ValueError(
+            f"model: separate-networks builds its own MLP per context (option units), so it cannot train "
+            f"{module_name(setup.model)}; leave model unset"
+        )
     units = options["units"] or SEPARATE_UNITS.get(info.benchmark, 400)
     units = (units, units) if isinstance(units, int) else tuple(units)
     units = tuple(positive_int("units", u) for u in units)

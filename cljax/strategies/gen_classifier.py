@@ -50,7 +50,9 @@ import optax
 
 from cljax import optim
 from cljax.batching import gather
+from cljax.models.classifiers import MLP
 from cljax.models.generators import VAE, gaussian_kl, log_normal_diag, vae_loss
+from cljax.models.registry import module_name
 from cljax.regularizers import published
 from cljax.strategies.base import Setup, Strategy, StrategySpec, context_steps
 from cljax.strategies.dgr import check_unit_interval, positive_float, positive_int
@@ -77,7 +79,7 @@ class GenClassifierState(flax.struct.PyTreeNode):
     loss: jax.Array  # float32 (): the latest update's mean loss (reported at every step)
     class_slots: jax.Array  # int32 (C, classes_per_context, N_max): positions of each class's samples
     class_n: jax.Array  # int32 (C, classes_per_context)
-    eval_key: jax.Array
+    eval_key: jax.Array  # uint32 key data (jax.random.key_data), so the state holds numbers only
 
 
 def layers_and_z(benchmark: str) -> tuple[int, int]:
@@ -144,6 +146,11 @@ def group_by_class(info, images, stream) -> tuple[jax.Array, jax.Array]:
 def gen_classifier(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """One VAE per class, classification by importance-sampled likelihood (see the module docstring)."""
     info = setup.info
+    if not isinstance(setup.model, MLP):
+        raise ValueError(
+            f"model: gen-classifier has no classifier network (one VAE per class), so it cannot train "
+            f"{module_name(setup.model)}; leave model unset"
+        )
     on_features = info.features is not None  # the reference's --hidden: VAEs of the frozen conv features
     if not on_features:
         check_unit_interval(setup, "gen-classifier")
@@ -173,7 +180,7 @@ def gen_classifier(setup: Setup, options: Mapping[str, Any] | None = None) -> St
             loss=jnp.zeros((), jnp.float32),
             class_slots=class_slots,
             class_n=class_n,
-            eval_key=k_eval,
+            eval_key=jax.random.key_data(k_eval),
         )
 
     def update(state: GenClassifierState, images, stream, context, key):
@@ -223,7 +230,8 @@ def gen_classifier(setup: Setup, options: Mapping[str, Any] | None = None) -> St
         )
 
     def predict(state: GenClassifierState, x):
-        eps = jax.random.normal(state.eval_key, (s["eval_s"], x.shape[0], s["z_dim"]))
+        key = jax.random.wrap_key_data(state.eval_key)
+        eps = jax.random.normal(key, (s["eval_s"], x.shape[0], s["z_dim"]))
         scores = jax.lax.map(lambda p: log_likelihoods(model, p, x, eps, output), state.params)  # (n_out, B)
         return jnp.where(state.trained[:, None], scores, UNTRAINED).T
 
