@@ -84,8 +84,13 @@ class Benchmark:
             "batch_size": self.batch_size,
             "normalize": [list(v) for v in self.normalize] if self.normalize is not None else None,
             "class_order": [list(c) for c in self.class_order] if self.class_order is not None else None,
-            "pretrained": self.pretrained,
-            "pretrained_epochs": self.pretrained_epochs if self.pretrained is not None else None,
+            # only where set: a protocol without pre-trained layers reads as it did before they existed, so
+            # its earlier checkpoints and results still match
+            **(
+                {"pretrained": self.pretrained, "pretrained_epochs": self.pretrained_epochs}
+                if self.pretrained is not None
+                else {}
+            ),
         }
 
 

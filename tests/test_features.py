@@ -13,7 +13,7 @@ from cljax import engine
 from cljax.config import ConfigError
 from cljax.models import MLP
 from cljax.models.conv_layers import FrozenConvMLP
-from cljax.presets import Benchmark
+from cljax.presets import Benchmark, get_benchmark
 from cljax.pretrain import load_pretrained, pretrain
 
 from .test_pretrain import tiny_cifar
@@ -61,6 +61,8 @@ def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_set
         np.testing.assert_allclose(once.context_loss[seed], inside.context_loss[0], rtol=1e-5)
         np.testing.assert_allclose(once.acc_matrix[seed], inside.acc_matrix[0], atol=1e-4)
     assert once.config["protocol"]["pretrained"] == "cifar10"
+    # protocols without pre-trained layers describe themselves as before, so their checkpoints still resume
+    assert "pretrained" not in get_benchmark("split-mnist").describe()
     assert not np.allclose(once.context_loss[0], once.context_loss[1])  # each seed its own conv layers
 
 
