@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--data-dir", default=None)
     pre.add_argument("--out", default=None, help="folder to write (default: the cache's pretrained/ folder)")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing set")
+    pre.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=5,
+        help="epochs between checkpoints (<out>.training): an interrupted pre-training continues there",
+    )
     pre.add_argument("--quiet", action="store_true")
     _add_compile_cache_flag(pre)
     plot = sub.add_parser("plot", help="draw accuracy matrices and average accuracy from result files")
@@ -489,6 +495,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         log=(lambda line: None) if args.quiet else print,
+        checkpoint_every=args.checkpoint_every,
     )
     return 0
 

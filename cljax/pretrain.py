@@ -16,6 +16,7 @@ CIFAR-10 test and training accuracy, a SHA-256 of the saved values and the time 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from cljax import optim
 from cljax.data import cache_dir, load_dataset
@@ -43,6 +45,7 @@ BATCH_SIZE = 256
 LR = 1e-4
 CROP_PADDING = 4
 EVAL_CHUNK = 1000
+CHECKPOINT_EVERY = 5  # epochs; a checkpoint of the 100-epoch run is about 85 MB
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,47 @@ class PretrainState(flax.struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: Any
+
+
+class EpochCheckpoints:
+    """The training state every few epochs (orbax), to continue an interrupted pre-training."""
+
+    def __init__(self, directory: Path, settings: dict[str, Any], every: int) -> None:
+        self.directory, self.settings, self.every = directory.absolute(), settings, every
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def restore(self, state: PretrainState) -> tuple[int, PretrainState, float]:
+        """(epochs done, state, training seconds so far); (0, ``state``, 0.0) without a checkpoint."""
+        step = self.manager.latest_step()
+        if step is None:
+            return 0, state, 0.0
+        progress = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+        progress = dict(progress["progress"])
+        if progress["settings"] != self.settings:
+            raise ValueError(
+                f"pretrain: {self.directory} holds an interrupted pre-training with other settings "
+                f"({progress['settings']}); rerun with those or delete the folder"
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        return step, restored["state"], float(progress["seconds"])
+
+    def save(self, epochs_done: int, state: PretrainState, seconds: float, final: bool) -> None:
+        if final or epochs_done % self.every:
+            return
+        progress = {"settings": self.settings, "seconds": seconds}
+        self.manager.save(
+            epochs_done,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
+        )
+        self.manager.wait_until_finished()
+
+    def remove(self) -> None:
+        self.manager.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def set_name(seed: int, epochs: int, dataset: str = "cifar10") -> str:
@@ -112,7 +156,13 @@ def tree_sha256(tree: Any) -> str:
     return digest.hexdigest()
 
 
-def _programs(model: ConvClassifier, optimizer: optax.GradientTransformation, batch_size: int, aug: bool):
+@functools.lru_cache(maxsize=8)
+def _programs(n_classes: int, lr: float, batch_size: int, aug: bool):
+    """The compiled epoch and accuracy programs, kept per setting so that pre-training several seeds in one
+    process compiles once."""
+    model = ConvClassifier(n_classes)
+    optimizer = optim.adam(lr, b1=0.9, b2=0.999)
+
     def loss_fn(params, batch_stats, x, y):
         logits, updates = model.apply(
             {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
@@ -148,7 +198,12 @@ def _programs(model: ConvClassifier, optimizer: optax.GradientTransformation, ba
 
         return jax.lax.map(chunk, (x, y)).sum()
 
-    return jax.jit(epoch, donate_argnums=0), jax.jit(correct)
+    def init(key):
+        variables = model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+        params = variables["params"]
+        return PretrainState(params, variables["batch_stats"], optimizer.init(params))
+
+    return jax.jit(epoch, donate_argnums=0), jax.jit(correct), jax.jit(init)
 
 
 def _accuracy(correct: Callable, state: PretrainState, x: np.ndarray, y: np.ndarray) -> float:
@@ -169,13 +224,18 @@ def pretrain(
     overwrite: bool = False,
     dataset: Any = None,
     log: Callable[[str], None] | None = print,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> PretrainRecord:
     """Pre-train the conv layers on CIFAR-10 and save them (see the module docstring).
 
     ``out``: the folder to write (default ``<cache>/pretrained/<set_name>``); an existing set is kept
     unless ``overwrite``. ``dataset``: a :class:`cljax.Dataset` to use instead of loading CIFAR-10 (tests).
+    Every ``checkpoint_every`` epochs the training state is saved beside ``out`` (``<out>.training``), so an
+    interrupted pre-training continues where it stopped, with the same numbers; the folder goes once the
+    set is written.
     """
-    for name, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size),
+                        ("checkpoint_every", checkpoint_every)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
             raise ValueError(f"pretrain: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
                              f"integer, got {value!r}")  # fmt: skip
@@ -194,23 +254,27 @@ def pretrain(
     if data.train_x.shape[0] < batch_size:
         raise ValueError(f"pretrain: {data.train_x.shape[0]} training images are fewer than one batch")
 
-    model = ConvClassifier(int(data.num_classes))
-    optimizer = optim.adam(lr, b1=0.9, b2=0.999)
+    epoch, correct, init = _programs(int(data.num_classes), float(lr), batch_size, bool(augment_data))
     k_init, k_train = jax.random.split(jax.random.key(seed))
-    variables = model.init(k_init, jnp.zeros((1, 32, 32, 3), jnp.float32))
-    state = PretrainState(variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
-    epoch, correct = _programs(model, optimizer, batch_size, augment_data)
+    state = init(k_init)
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+    settings = {"dataset": getattr(data, "name", "cifar10"), "seed": seed, "epochs": epochs,
+                "batch_size": batch_size, "lr": float(lr), "augment": bool(augment_data)}  # fmt: skip
+    progress = EpochCheckpoints(folder.with_name(folder.name + ".training"), settings, checkpoint_every)
+    done, state, seconds = progress.restore(state)
+    if done and log is not None:
+        log(f"continuing from epoch {done} ({progress.directory})")
 
-    start = time.perf_counter()
-    for e in range(epochs):
+    for e in range(done, epochs):
+        start = time.perf_counter()
         state, losses = epoch(state, train_x, train_y, jax.random.fold_in(k_train, e))
         loss = float(losses.mean())
+        seconds += time.perf_counter() - start
         if not math.isfinite(loss):
             raise FloatingPointError(f"pretrain: the loss became {loss} in epoch {e + 1}; try a lower lr")
         if log is not None:
             log(f"epoch {e + 1}/{epochs}: loss {loss:.4f}")
-    seconds = time.perf_counter() - start
+        progress.save(e + 1, state, seconds, final=e + 1 == epochs)
     test_acc = _accuracy(correct, state, data.test_x, data.test_y)
     train_acc = _accuracy(correct, state, data.train_x, data.train_y)
 
@@ -229,6 +293,7 @@ def pretrain(
         train_seconds=round(seconds, 1),
     )
     save_pretrained(folder, conv, record)
+    progress.remove()
     if log is not None:
         log(
             f"CIFAR-10 test accuracy {test_acc:.2f} % (train {train_acc:.2f} %), {seconds:.0f} s; "

@@ -74,3 +74,29 @@ def test_the_command_line_refuses_to_overwrite_a_set(tmp_path, capsys):
     (tmp_path / "record.json").write_text("{}")
     assert main(["pretrain", "--seed", "2", "--out", str(tmp_path), "--quiet"]) == 1
     assert "already holds a pre-trained set" in capsys.readouterr().err
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_pretraining_continues_to_the_same_set(tmp_path):
+    settings = dict(seed=4, epochs=3, batch_size=16, lr=1e-3, dataset=tiny_cifar(), checkpoint_every=1)
+    whole = pretrain(**settings, out=tmp_path / "whole", log=None)
+
+    def stop_in_epoch_3(line: str) -> None:
+        if line.startswith("epoch 3/3"):
+            raise Interrupted
+
+    folder = tmp_path / "set"
+    with pytest.raises(Interrupted):
+        pretrain(**settings, out=folder, log=stop_in_epoch_3)
+    assert (tmp_path / "set.training").is_dir() and not folder.exists()
+    with pytest.raises(ValueError, match="interrupted pre-training with other settings"):
+        pretrain(**{**settings, "lr": 1e-2}, out=folder, log=None)
+
+    logs: list[str] = []
+    resumed = pretrain(**settings, out=folder, log=logs.append)
+    assert logs[0].startswith("continuing from epoch 2") and logs[1].startswith("epoch 3/3")
+    assert resumed.sha256 == whole.sha256 and resumed.test_accuracy == whole.test_accuracy
+    assert not (tmp_path / "set.training").exists()  # the checkpoints go once the set is written

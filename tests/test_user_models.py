@@ -122,7 +122,10 @@ def test_strategies_with_their_own_networks_refuse_a_user_network(tiny_data, str
 
 def test_bir_refuses_a_user_network_in_one_clear_line(tiny_data):
     exp = cljax.prepare(cljax.RunConfig(strategy="bir", iters=2, batch_size=8), dataset=tiny_data)
-    with pytest.raises(ValueError, match="bir cannot train UserMLP: its classifier is its own VAE") as err:
+    expected = (
+        "bir's classifier is its own VAE's encoder, built from an MLP's widths, so it cannot train UserMLP"
+    )
+    with pytest.raises(ValueError, match=expected) as err:
         REGISTRY["bir"].build(exp.setup._replace(model=UserMLP(10)), exp.config.options)
     assert "\n" not in str(err.value) and "model='mlp'" in str(err.value)
     REGISTRY["bir"].build(exp.setup._replace(model=MLP(10, (16, 16))), exp.config.options)  # any MLP will do

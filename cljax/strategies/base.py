@@ -116,6 +116,24 @@ def keep_state(state: State, images: Images, stream: Stream, context: jax.Array,
     return state
 
 
+def keep_state_on_stream(state: State, images: Images, stream: Stream, key: jax.Array) -> State:
+    """``consolidate`` for stream learners that carry nothing across consolidations."""
+    del images, stream, key
+    return state
+
+
+PASS_AN_MLP = "pass model='mlp', 'mlp-1000' or cljax.models.MLP(n_out, hidden)"
+
+
+def require_mlp(setup: Setup, why: str, fix: str) -> None:
+    """Refuse a network the strategy cannot use: it builds its networks from an MLP's widths."""
+    from cljax.models.classifiers import MLP
+    from cljax.models.registry import module_name
+
+    if not isinstance(setup.model, MLP):
+        raise ValueError(f"model: {why}, so it cannot train {module_name(setup.model)}; {fix}")
+
+
 def context_steps(setup: Setup, learn: Callable, consolidate: Callable) -> tuple[Callable, Callable]:
     """``step`` and ``end_context`` for a learner written for task-free streams (``learn``,
     ``consolidate``), run on announced contexts: a batch of the current context, and a consolidation at

@@ -46,11 +46,17 @@ import jax.numpy as jnp
 from cljax.batching import sample_context
 from cljax.hyper import is_traced, number
 from cljax.losses import cross_entropy, distillation, mask_logits, replay_weight
-from cljax.models.classifiers import MLP
 from cljax.models.generators import CondVAE, log_normal_diag, reconstruction_loss
-from cljax.models.registry import module_name
 from cljax.regularizers import Published, published
-from cljax.strategies.base import ClassifierState, Setup, Strategy, StrategySpec, apply_gradients
+from cljax.strategies.base import (
+    PASS_AN_MLP,
+    ClassifierState,
+    Setup,
+    Strategy,
+    StrategySpec,
+    apply_gradients,
+    require_mlp,
+)
 from cljax.strategies.dgr import check_unit_interval, hidden_widths, positive_float, positive_int
 
 
@@ -134,11 +140,7 @@ def bir(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         check_unit_interval(setup, "bir")
     recon_loss = feature_reconstruction_loss if on_features else reconstruction_loss
     output = (lambda y: y) if on_features else nn.sigmoid
-    if not isinstance(setup.model, MLP):
-        raise ValueError(
-            f"model: bir cannot train {module_name(setup.model)}: its classifier is its own VAE's encoder, "
-            "built from an MLP's widths; pass model='mlp', 'mlp-1000' or cljax.models.MLP(n_out, hidden)"
-        )
+    require_mlp(setup, "bir's classifier is its own VAE's encoder, built from an MLP's widths", PASS_AN_MLP)
     temperature = positive_float("temperature", options["temperature"])
     replay_n = positive_int("replay_batch", options["replay_batch"])
     z_dim = positive_int("z_dim", options["z_dim"])

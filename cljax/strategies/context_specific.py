@@ -33,15 +33,17 @@ import optax
 from cljax.losses import cross_entropy
 from cljax.models.classifiers import MLP
 from cljax.models.layers import Linear
-from cljax.models.registry import module_name
 from cljax.regularizers import check_range, published
 from cljax.strategies.base import (
+    PASS_AN_MLP,
     ClassifierState,
     Setup,
     Strategy,
     StrategySpec,
     apply_gradients,
     context_steps,
+    keep_state_on_stream,
+    require_mlp,
 )
 from cljax.strategies.dgr import positive_int
 
@@ -72,11 +74,7 @@ def separate_networks(setup: Setup, options: Mapping[str, Any] | None = None) ->
     """A separate MLP per context (see the module docstring). Option ``units``: its hidden widths."""
     info = setup.info
     options = {**separate_defaults(info.scenario), **dict(options or {})}
-    if not isinstance(setup.model, MLP):
-        raise ValueError(
-            f"model: separate-networks builds its own MLP per context (option units), so it cannot train "
-            f"{module_name(setup.model)}; leave model unset"
-        )
+    require_mlp(setup, "separate-networks builds its own MLP per context (option units)", "leave model unset")
     units = options["units"] or SEPARATE_UNITS.get(info.benchmark, 400)
     units = (units, units) if isinstance(units, int) else tuple(units)
     units = tuple(positive_int("units", u) for u in units)
@@ -115,15 +113,11 @@ def separate_networks(setup: Setup, options: Mapping[str, Any] | None = None) ->
         params, opt_state = jax.vmap(one)(state.params, state.opt_state, grads, present)
         return SeparateState(params, opt_state), {"loss": loss}
 
-    def consolidate(state, images, stream, key):
-        del images, stream, key
-        return state
-
     def predict(state: SeparateState, x):
         return _per_unit(all_logits(state.params, x), cpc)
 
-    step, end_context = context_steps(setup, learn, consolidate)
-    return Strategy(init, step, end_context, predict, learn=learn, consolidate=consolidate)
+    step, end_context = context_steps(setup, learn, keep_state_on_stream)
+    return Strategy(init, step, end_context, predict, learn=learn, consolidate=keep_state_on_stream)
 
 
 class GatedMLP(nn.Module):
@@ -149,11 +143,7 @@ def xdg(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """Context-dependent gating of the classifier's hidden units (see the module docstring)."""
     info = setup.info
     options = {**xdg_defaults(info.scenario), **dict(options or {})}
-    if not isinstance(setup.model, MLP):
-        raise ValueError(
-            f"model: xdg gates the hidden layers of an MLP, not {module_name(setup.model)}; pass "
-            "model='mlp', 'mlp-1000' or cljax.models.MLP(n_out, hidden)"
-        )
+    require_mlp(setup, "xdg gates the hidden layers of an MLP", PASS_AN_MLP)
     prop = options["gating_prop"]
     prop = GATING_PROP.get(info.benchmark, 0.6) if prop is None else prop
     prop = float(check_range("gating_prop", prop, 0.0, 1.0, low_open=False, high_open=True))
@@ -185,10 +175,6 @@ def xdg(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         return apply_gradients(setup, state, grads), {"loss": loss}
 
-    def consolidate(state, images, stream, key):
-        del images, stream, key
-        return state
-
     def predict(state: XdGState, x):
         def with_context(c):
             return net.apply(state.params, x, tuple(jnp.broadcast_to(g[c], (x.shape[0], g.shape[1]))
@@ -196,8 +182,8 @@ def xdg(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
 
         return _per_unit(jax.lax.map(with_context, jnp.arange(n_ctx)), cpc)
 
-    step, end_context = context_steps(setup, learn, consolidate)
-    return Strategy(init, step, end_context, predict, learn=learn, consolidate=consolidate)
+    step, end_context = context_steps(setup, learn, keep_state_on_stream)
+    return Strategy(init, step, end_context, predict, learn=learn, consolidate=keep_state_on_stream)
 
 
 def separate_defaults(scenario: str) -> dict[str, Any]:

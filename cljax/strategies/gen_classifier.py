@@ -50,11 +50,16 @@ import optax
 
 from cljax import optim
 from cljax.batching import gather
-from cljax.models.classifiers import MLP
 from cljax.models.generators import VAE, gaussian_kl, log_normal_diag, vae_loss
-from cljax.models.registry import module_name
 from cljax.regularizers import published
-from cljax.strategies.base import Setup, Strategy, StrategySpec, context_steps
+from cljax.strategies.base import (
+    Setup,
+    Strategy,
+    StrategySpec,
+    context_steps,
+    keep_state_on_stream,
+    require_mlp,
+)
 from cljax.strategies.dgr import check_unit_interval, positive_float, positive_int
 
 UNITS = 85  # fc_units_gc
@@ -146,11 +151,7 @@ def group_by_class(info, images, stream) -> tuple[jax.Array, jax.Array]:
 def gen_classifier(setup: Setup, options: Mapping[str, Any] | None = None) -> Strategy:
     """One VAE per class, classification by importance-sampled likelihood (see the module docstring)."""
     info = setup.info
-    if not isinstance(setup.model, MLP):
-        raise ValueError(
-            f"model: gen-classifier has no classifier network (one VAE per class), so it cannot train "
-            f"{module_name(setup.model)}; leave model unset"
-        )
+    require_mlp(setup, "gen-classifier has no classifier network (one VAE per class)", "leave model unset")
     on_features = info.features is not None  # the reference's --hidden: VAEs of the frozen conv features
     if not on_features:
         check_unit_interval(setup, "gen-classifier")
@@ -266,12 +267,10 @@ def gen_classifier(setup: Setup, options: Mapping[str, Any] | None = None) -> St
         state = init(key, images, stream)
         return state.replace(opt_state=jax.vmap(optimizer.init)(state.params))
 
-    def consolidate(state, images, stream, key):
-        del images, stream, key
-        return state
-
-    stream_step, stream_end = context_steps(setup, learn, consolidate)
-    return Strategy(stream_init, stream_step, stream_end, predict, learn=learn, consolidate=consolidate)
+    stream_step, stream_end = context_steps(setup, learn, keep_state_on_stream)
+    return Strategy(
+        stream_init, stream_step, stream_end, predict, learn=learn, consolidate=keep_state_on_stream
+    )
 
 
 def gen_classifier_defaults(scenario: str) -> dict[str, Any]:
