@@ -414,17 +414,26 @@ def trained_model(
     def shapes(tree: Any, seed_axis: bool) -> dict[str, Any]:
         return {k: [list(v.shape[int(seed_axis) :]), str(v.dtype)] for k, v in tree._asdict().items()}
 
+    image_shape, frozen_conv, image_info = tuple(exp.images.train_x.shape[1:]), None, None
+    if exp.info.features is not None:  # the model takes images, as the frozen layers did before training
+        from cljax.pretrain import IMAGE_SHAPE
+
+        image_shape = IMAGE_SHAPE
+        image_info = scenario_info(bench, config.scenario, IMAGE_SHAPE)
+        frozen_conv = jax.tree.map(lambda *a: jnp.stack(a), *pretrained_convs(bench, exp.seeds))
     return TrainedModel(
         config=config.to_dict(),
         info=exp.info,
         strategy=strategy,
         states=states,
         seeds=list(exp.seeds),
-        image_shape=tuple(exp.images.train_x.shape[1:]),
+        image_shape=image_shape,
         active=streams.active,
         pixel_perm=streams.pixel_perm,
         unit_classes=np.stack([unit_classes(bench, config.scenario, s) for s in exp.seeds]),
         shapes={"images": shapes(exp.images, False), "stream": shapes(exp.streams, True)},
+        frozen_conv=frozen_conv,
+        image_info=image_info,
     )
 
 

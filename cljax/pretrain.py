@@ -45,6 +45,7 @@ BATCH_SIZE = 256
 LR = 1e-4
 CROP_PADDING = 4
 EVAL_CHUNK = 1000
+IMAGE_SHAPE = (32, 32, 3)  # what the conv layers are pre-trained on, and so take
 CHECKPOINT_EVERY = 5  # epochs; a checkpoint of the 100-epoch run is about 85 MB
 
 
@@ -249,7 +250,7 @@ def pretrain(
             "replace it"
         )
     data = dataset if dataset is not None else load_dataset("cifar10", data_dir)
-    if data.train_x.shape[1:] != (32, 32, 3):
+    if data.train_x.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"pretrain: expected 32x32 RGB images, got {data.train_x.shape[1:]}")
     if data.train_x.shape[0] < batch_size:
         raise ValueError(f"pretrain: {data.train_x.shape[0]} training images are fewer than one batch")
@@ -319,7 +320,7 @@ def save_pretrained(folder: Path, conv: Any, record: PretrainRecord) -> None:
 def abstract_conv() -> Any:
     """The shapes and dtypes of a saved set's tree."""
     variables = jax.eval_shape(
-        lambda: ConvLayers().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+        lambda: ConvLayers().init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
     )
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 

@@ -22,11 +22,13 @@ import numpy as np
 
 from cljax.batching import to_float
 from cljax.losses import mask_logits
+from cljax.models.conv_layers import ConvLayers
 from cljax.scenarios import ScenarioInfo
 from cljax.strategies import Strategy
 
 MODEL_FILE = "model.json"
 STATE_FOLDER = "state"
+CONV_FOLDER = "frozen_conv"
 PREDICT_CHUNK = 512  # images per compiled call; the last chunk is padded, so one program serves any count
 
 # Where strategies keep the classifier's params, tried in order when a strategy does not say.
@@ -47,6 +49,10 @@ class TrainedModel:
     pixel_perm: np.ndarray  # int32 (seeds, contexts, H*W) or (seeds, contexts, 0)
     unit_classes: np.ndarray  # int32 (seeds, contexts, n_out): the dataset class of each unit
     shapes: dict[str, Any]  # shapes and dtypes of the run's Images and Stream, to rebuild the state on load
+    # A benchmark on frozen pre-trained conv layers (split-cifar100): each seed's set (leading axis: seeds)
+    # and the facts of the images they take, so predicting starts from images as training did.
+    frozen_conv: Any = None
+    image_info: ScenarioInfo | None = None
 
     def state(self, seed: int | None = None) -> Any:
         """The final state of ``seed`` (default: the run's first seed)."""
@@ -69,13 +75,15 @@ class TrainedModel:
         perm = self.pixel_perm[index, ctx]
         fn = self._program()
         state, mask = self.state(seed), jnp.asarray(self.active[index, ctx])
+        conv = None if self.frozen_conv is None else jax.tree.map(lambda a: a[index], self.frozen_conv)
         out = []
         for start in range(0, len(x), PREDICT_CHUNK):
             chunk = x[start : start + PREDICT_CHUNK]
             padded = np.concatenate(
                 [chunk, np.zeros((PREDICT_CHUNK - len(chunk), *chunk.shape[1:]), x.dtype)]
             )
-            out.append(np.asarray(fn(state, jnp.asarray(padded), jnp.asarray(perm), mask))[: len(chunk)])
+            logits = fn(state, conv, jnp.asarray(padded), jnp.asarray(perm), mask)
+            out.append(np.asarray(logits)[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.info.n_out), np.float32)
 
     def predict(self, x: Any, seed: int | None = None, context: int | None = None) -> np.ndarray:
@@ -98,6 +106,8 @@ class TrainedModel:
             )
         folder.mkdir(parents=True, exist_ok=True)
         save_tree(folder / STATE_FOLDER, self.states, overwrite=overwrite)
+        if self.frozen_conv is not None:
+            save_tree(folder / CONV_FOLDER, self.frozen_conv, overwrite=overwrite)
         meta = {
             "config": self.config,
             "info": {**self.info._asdict()},
@@ -107,6 +117,7 @@ class TrainedModel:
             "pixel_perm": self.pixel_perm.tolist(),
             "unit_classes": self.unit_classes.tolist(),
             "shapes": self.shapes,
+            "image_info": None if self.image_info is None else {**self.image_info._asdict()},
         }
         from cljax.results import write_json
 
@@ -143,6 +154,13 @@ class TrainedModel:
             Stream(**streams),
         )
         states = restore_tree(folder / STATE_FOLDER, abstract)
+        frozen_conv = image_info = None
+        if meta.get("image_info") is not None:
+            from cljax.pretrain import abstract_conv
+
+            image_info = _info(meta["image_info"])
+            stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), abstract_conv())
+            frozen_conv = restore_tree(folder / CONV_FOLDER, stacked)
         return cls(
             config=config,
             info=info,
@@ -154,6 +172,8 @@ class TrainedModel:
             pixel_perm=np.asarray(meta["pixel_perm"], np.int32).reshape(n, info.n_contexts, -1),
             unit_classes=np.asarray(meta["unit_classes"], np.int32),
             shapes=meta["shapes"],
+            frozen_conv=frozen_conv,
+            image_info=image_info,
         )
 
     def _seed_index(self, seed: int | None) -> int:
@@ -193,11 +213,15 @@ class TrainedModel:
 
     def _program(self):
         if not hasattr(self, "_compiled"):
-            info, strategy = self.info, self.strategy
+            info, strategy, image_info = self.info, self.strategy, self.image_info
 
-            def run(state, x, perm, mask):
+            def run(state, conv, x, perm, mask):
                 perms = jnp.broadcast_to(perm, (x.shape[0], *perm.shape))
-                return mask_logits(strategy.predict(state, to_float(info, x, perms)), mask)
+                if conv is None:
+                    inputs = to_float(info, x, perms)
+                else:  # the frozen conv layers' features, as the run computed them once
+                    inputs = ConvLayers().apply(conv, to_float(image_info, x, perms))
+                return mask_logits(strategy.predict(state, inputs), mask)
 
             self._compiled = jax.jit(run)
         return self._compiled

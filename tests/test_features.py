@@ -51,7 +51,7 @@ def frozen_inside(conv) -> Benchmark:
     return dataclasses.replace(FEATURES_ONCE, name="tiny-frozen-inside", pretrained=None, model=model)
 
 
-def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_sets, monkeypatch):
+def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_sets, monkeypatch, tmp_path):
     convs, cache = conv_sets
     monkeypatch.setenv("CLJAX_CACHE_DIR", str(cache))
     data = tiny_cifar()
@@ -60,6 +60,13 @@ def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_set
         inside = cljax.run(benchmark=frozen_inside(convs[seed]), dataset=data, first_seed=seed, **RUN)
         np.testing.assert_allclose(once.context_loss[seed], inside.context_loss[0], rtol=1e-5)
         np.testing.assert_allclose(once.acc_matrix[seed], inside.acc_matrix[0], atol=1e-4)
+        # the trained model takes images, as the frozen layers did: the same predictions
+        own_seed = once.model.seeds[seed]
+        assert inside.model.seeds == [own_seed]
+        predicted = once.model.predict(data.test_x, seed=own_seed)
+        np.testing.assert_array_equal(predicted, inside.model.predict(data.test_x))
+        loaded = cljax.load_model(once.model.save(tmp_path / "model"), model=FEATURES_ONCE.model)
+        np.testing.assert_array_equal(loaded.predict(data.test_x, seed=own_seed), predicted)
     assert once.config["protocol"]["pretrained"] == "cifar10"
     # protocols without pre-trained layers describe themselves as before, so their checkpoints still resume
     assert "pretrained" not in get_benchmark("split-mnist").describe()
