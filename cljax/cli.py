@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.add_argument(
         "name",
-        help="nmi2022-split-mnist, 3s2019-split-mnist, nmi2022-perm-mnist or task-free-split-mnist",
+        help="nmi2022-split-mnist, 3s2019-split-mnist, nmi2022-perm-mnist, nmi2022-split-cifar100 or "
+        "task-free-split-mnist",
     )
     table.add_argument(
         "--out-dir", required=True, help="folder for the runs, table.md/.csv/.json and figures"

@@ -127,3 +127,14 @@ def test_run_writes_json_and_keeps_compiled_programs(capsys, tmp_path, disk_cach
     assert result["strategy"] == "none" and result["scenario"] == "task" and len(result["acc_matrix"]) == 2
     assert 50 < result["mean"] <= 100  # Task-IL after 20 iterations: far above chance
     assert result["environment"]["compilation_cache"] and any(disk_cache[0].iterdir())
+
+
+def test_the_table_command_names_every_table(capsys, monkeypatch):
+    from cljax.cli import build_parser
+    from cljax.tables import TABLES
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside names
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["table", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(name in shown for name in TABLES), shown
