@@ -250,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--benchmark", default="cifar10", choices=("cifar10",), help="the data to pre-train on")
     pre.add_argument("--seed", type=int, default=1, help="one set per seed (the reference's --seed-to-stag)")
+    pre.add_argument(
+        "--seeds",
+        default=None,
+        help="several sets in one program, e.g. 2,3,4 or 2-11 (a GPU trains them at almost the cost of one)",
+    )
     pre.add_argument("--epochs", type=int, default=100, help="the reference: 100")
     pre.add_argument("--batch-size", type=int, default=256)
     pre.add_argument("--lr", type=float, default=1e-4)
@@ -483,22 +488,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from cljax.pretrain import pretrain
+    from cljax.pretrain import pretrain, pretrain_seeds
 
     _compile_cache(args)
-    pretrain(
-        seed=args.seed,
+    settings = dict(
         epochs=args.epochs,
         data_dir=args.data_dir,
         batch_size=args.batch_size,
         lr=args.lr,
         augment_data=not args.no_augment,
-        out=args.out,
         overwrite=args.overwrite,
         log=(lambda line: None) if args.quiet else print,
         checkpoint_every=args.checkpoint_every,
     )
+    if args.seeds is None:
+        pretrain(seed=args.seed, out=args.out, **settings)
+        return 0
+    if args.out is not None:
+        raise ValueError("pretrain: --out names one set's folder; with --seeds each set goes to the cache")
+    pretrain_seeds(seed_list(args.seeds), **settings)
     return 0
+
+
+def seed_list(text: str) -> list[int]:
+    """``2,3,4`` or ``2-11`` (inclusive) or a mix, as a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds += list(range(int(first), int(last) + 1)) if last else [int(first)]
+    except ValueError:
+        raise ValueError(f"--seeds: expected seeds like 2,3,4 or 2-11, got {text!r}") from None
+    return seeds
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class PretrainRecord:
     sha256: str  # of the saved conv params and batch-norm averages, in tree order
     train_seconds: float
     layers: str = LABEL
+    seeds_trained_together: int = 1  # sets trained in one program (train_seconds is the group's)
     reference: str = "GMvandeVen/continual-learning main_pretrain.py --epochs=100 --augment"
 
 
@@ -158,9 +159,10 @@ def tree_sha256(tree: Any) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(n_classes: int, lr: float, batch_size: int, aug: bool):
-    """The compiled epoch and accuracy programs, kept per setting so that pre-training several seeds in one
-    process compiles once."""
+def _programs(n_classes: int, lr: float, batch_size: int, aug: bool, several_seeds: bool):
+    """The compiled epoch, accuracy and initialisation programs, kept per setting so that pre-training
+    several sets in one process compiles once; ``several_seeds``: mapped over a leading seed axis of the
+    state and the keys (the data are shared), so that one program trains every seed's network."""
     model = ConvClassifier(n_classes)
     optimizer = optim.adam(lr, b1=0.9, b2=0.999)
 
@@ -200,18 +202,22 @@ def _programs(n_classes: int, lr: float, batch_size: int, aug: bool):
         return jax.lax.map(chunk, (x, y)).sum()
 
     def init(key):
-        variables = model.init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+        variables = model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
         params = variables["params"]
         return PretrainState(params, variables["batch_stats"], optimizer.init(params))
 
+    if several_seeds:
+        epoch = jax.vmap(epoch, in_axes=(0, None, None, 0))
+        correct, init = jax.vmap(correct, in_axes=(0, None, None)), jax.vmap(init)
     return jax.jit(epoch, donate_argnums=0), jax.jit(correct), jax.jit(init)
 
 
-def _accuracy(correct: Callable, state: PretrainState, x: np.ndarray, y: np.ndarray) -> float:
+def _accuracy(correct: Callable, state: PretrainState, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Accuracy in % (per seed when the state has a seed axis)."""
     n = (x.shape[0] // EVAL_CHUNK) * EVAL_CHUNK or x.shape[0]
     chunk = min(EVAL_CHUNK, n)
     hits = correct(state, x[:n].reshape(-1, chunk, *x.shape[1:]), y[:n].reshape(-1, chunk))
-    return 100.0 * float(hits) / n
+    return 100.0 * np.atleast_1d(np.asarray(hits)) / n
 
 
 def pretrain(
@@ -227,7 +233,7 @@ def pretrain(
     log: Callable[[str], None] | None = print,
     checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> PretrainRecord:
-    """Pre-train the conv layers on CIFAR-10 and save them (see the module docstring).
+    """Pre-train the conv layers on CIFAR-10 for one seed and save them (see the module docstring).
 
     ``out``: the folder to write (default ``<cache>/pretrained/<set_name>``); an existing set is kept
     unless ``overwrite``. ``dataset``: a :class:`cljax.Dataset` to use instead of loading CIFAR-10 (tests).
@@ -235,19 +241,83 @@ def pretrain(
     interrupted pre-training continues where it stopped, with the same numbers; the folder goes once the
     set is written.
     """
-    for name, value in (("seed", seed), ("epochs", epochs), ("batch_size", batch_size),
-                        ("checkpoint_every", checkpoint_every)):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise ValueError(f"pretrain: {name} must be a {'non-negative' if name == 'seed' else 'positive'} "
-                             f"integer, got {value!r}")  # fmt: skip
+    _check_seed(seed)
+    folder = Path(out) if out is not None else pretrained_dir() / set_name(seed, epochs)
+    settings = dict(epochs=epochs, data_dir=data_dir, batch_size=batch_size, lr=lr, augment_data=augment_data)
+    training = folder.with_name(folder.name + ".training")
+    common = dict(overwrite=overwrite, dataset=dataset, log=log, checkpoint_every=checkpoint_every)
+    return _pretrain([seed], [folder], training, **settings, **common)[0]
+
+
+def pretrain_seeds(
+    seeds: Sequence[int],
+    epochs: int = EPOCHS,
+    data_dir: str | Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    augment_data: bool = True,
+    overwrite: bool = False,
+    dataset: Any = None,
+    log: Callable[[str], None] | None = print,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+) -> list[PretrainRecord]:
+    """Pre-train one set per seed in one program (the networks on a leading seed axis, the data shared),
+    each saved as :func:`pretrain` saves it; what a GPU does at almost the cost of one set.
+
+    Each seed draws its initialisation, shuffles and augmentation as :func:`pretrain` does for it alone,
+    so a set equals its solo run up to float rounding of the mapped program. Checkpoints of the group go
+    to ``<cache>/pretrained/<dataset>-<layers>-e<epochs>-s<seed>-<seed>....training``.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("pretrain: give at least one seed")
+    for seed in seeds:
+        _check_seed(seed)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"pretrain: seeds must differ, got {seeds}")
+    settings = dict(epochs=epochs, data_dir=data_dir, batch_size=batch_size, lr=lr, augment_data=augment_data)
+    common = dict(overwrite=overwrite, dataset=dataset, log=log, checkpoint_every=checkpoint_every)
+    if len(seeds) == 1:
+        return [pretrain(seeds[0], **settings, **common)]
+    folders = [pretrained_dir() / set_name(s, epochs) for s in seeds]
+    training = pretrained_dir() / f"{set_name(seeds[0], epochs)}-{'-'.join(map(str, seeds[1:]))}.training"
+    return _pretrain(seeds, folders, training, **settings, **common)
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"pretrain: seed must be a non-negative integer, got {seed!r}")
+
+
+def _pretrain(
+    seeds: list[int],
+    folders: list[Path],
+    training: Path,
+    epochs: int,
+    data_dir: str | Path | None,
+    batch_size: int,
+    lr: float,
+    augment_data: bool,
+    overwrite: bool,
+    dataset: Any,
+    log: Callable[[str], None] | None,
+    checkpoint_every: int,
+) -> list[PretrainRecord]:
+    """Train ``seeds`` (one: unmapped; several: on a seed axis) and write each set to its folder."""
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"pretrain: {name} must be a positive integer, got {value!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"pretrain: lr must be a positive number, got {lr!r}")
-    name = set_name(seed, epochs)
-    folder = Path(out) if out is not None else pretrained_dir() / name
-    if (folder / "record.json").exists() and not overwrite:
+    existing = [str(f) for f in folders if (f / "record.json").exists()]
+    if existing and not overwrite:
         raise FileExistsError(
-            f"pretrain: {folder} already holds a pre-trained set; pass overwrite=True (--overwrite) to "
-            "replace it"
+            f"pretrain: {', '.join(existing)} already hold{'s' if len(existing) == 1 else ''} a pre-trained "
+            "set; pass overwrite=True (--overwrite) to replace it"
         )
     data = dataset if dataset is not None else load_dataset("cifar10", data_dir)
     if data.train_x.shape[1:] != IMAGE_SHAPE:
@@ -255,52 +325,67 @@ def pretrain(
     if data.train_x.shape[0] < batch_size:
         raise ValueError(f"pretrain: {data.train_x.shape[0]} training images are fewer than one batch")
 
-    epoch, correct, init = _programs(int(data.num_classes), float(lr), batch_size, bool(augment_data))
-    k_init, k_train = jax.random.split(jax.random.key(seed))
+    several = len(seeds) > 1
+    programs = _programs(int(data.num_classes), float(lr), batch_size, bool(augment_data), several)
+    epoch, correct, init = programs
+    keys = [jax.random.split(jax.random.key(s)) for s in seeds]  # (init, train) per seed
+    k_init, k_train = (jnp.stack([k[i] for k in keys]) if several else keys[0][i] for i in (0, 1))
     state = init(k_init)
     train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
-    settings = {"dataset": getattr(data, "name", "cifar10"), "seed": seed, "epochs": epochs,
-                "batch_size": batch_size, "lr": float(lr), "augment": bool(augment_data)}  # fmt: skip
-    progress = EpochCheckpoints(folder.with_name(folder.name + ".training"), settings, checkpoint_every)
+    settings = {
+        "dataset": getattr(data, "name", "cifar10"),
+        "seed": seeds if several else seeds[0],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": float(lr),
+        "augment": bool(augment_data),
+    }
+    progress = EpochCheckpoints(training, settings, checkpoint_every)
     done, state, seconds = progress.restore(state)
     if done and log is not None:
         log(f"continuing from epoch {done} ({progress.directory})")
 
+    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if several else jax.random.fold_in
     for e in range(done, epochs):
         start = time.perf_counter()
-        state, losses = epoch(state, train_x, train_y, jax.random.fold_in(k_train, e))
-        loss = float(losses.mean())
+        state, losses = epoch(state, train_x, train_y, fold_in(k_train, e))
+        loss = np.atleast_1d(np.asarray(losses.mean(axis=-1)))
         seconds += time.perf_counter() - start
-        if not math.isfinite(loss):
+        if not np.isfinite(loss).all():
             raise FloatingPointError(f"pretrain: the loss became {loss} in epoch {e + 1}; try a lower lr")
         if log is not None:
-            log(f"epoch {e + 1}/{epochs}: loss {loss:.4f}")
+            log(f"epoch {e + 1}/{epochs}: loss {', '.join(f'{v:.4f}' for v in loss)}")
         progress.save(e + 1, state, seconds, final=e + 1 == epochs)
     test_acc = _accuracy(correct, state, data.test_x, data.test_y)
     train_acc = _accuracy(correct, state, data.train_x, data.train_y)
 
-    conv = {"params": state.params["conv"], "batch_stats": state.batch_stats["conv"]}
-    record = PretrainRecord(
-        name=name,
-        dataset="cifar10" if dataset is None else getattr(data, "name", "cifar10"),
-        seed=seed,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=float(lr),
-        augment=bool(augment_data),
-        test_accuracy=round(test_acc, 2),
-        train_accuracy=round(train_acc, 2),
-        sha256=tree_sha256(conv),
-        train_seconds=round(seconds, 1),
-    )
-    save_pretrained(folder, conv, record)
-    progress.remove()
-    if log is not None:
-        log(
-            f"CIFAR-10 test accuracy {test_acc:.2f} % (train {train_acc:.2f} %), {seconds:.0f} s; "
-            f"wrote {folder}"
+    records = []
+    for i, (seed, folder) in enumerate(zip(seeds, folders, strict=True)):
+        own = jax.tree.map(lambda a: a[i], state) if several else state  # noqa: B023
+        conv = {"params": own.params["conv"], "batch_stats": own.batch_stats["conv"]}
+        record = PretrainRecord(
+            name=set_name(seed, epochs),
+            dataset="cifar10" if dataset is None else getattr(data, "name", "cifar10"),
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=float(lr),
+            augment=bool(augment_data),
+            test_accuracy=round(float(test_acc[i]), 2),
+            train_accuracy=round(float(train_acc[i]), 2),
+            sha256=tree_sha256(conv),
+            train_seconds=round(seconds, 1),
+            seeds_trained_together=len(seeds),
         )
-    return record
+        save_pretrained(folder, conv, record)
+        records.append(record)
+        if log is not None:
+            log(
+                f"seed {seed}: CIFAR-10 test accuracy {test_acc[i]:.2f} % (train {train_acc[i]:.2f} %), "
+                f"{seconds:.0f} s; wrote {folder}"
+            )
+    progress.remove()
+    return records
 
 
 def save_pretrained(folder: Path, conv: Any, record: PretrainRecord) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cljax.data.dataset import Dataset
-from cljax.pretrain import augment, load_pretrained, pretrain, tree_sha256
+from cljax.pretrain import augment, load_pretrained, pretrain, pretrain_seeds, tree_sha256
 
 
 def tiny_cifar(n_per_class: int = 16, seed: int = 0) -> Dataset:
@@ -100,3 +100,33 @@ def test_an_interrupted_pretraining_continues_to_the_same_set(tmp_path):
     assert logs[0].startswith("continuing from epoch 2") and logs[1].startswith("epoch 3/3")
     assert resumed.sha256 == whole.sha256 and resumed.test_accuracy == whole.test_accuracy
     assert not (tmp_path / "set.training").exists()  # the checkpoints go once the set is written
+
+
+def test_several_seeds_train_in_one_program_as_each_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(tmp_path))
+    settings = dict(epochs=2, batch_size=16, lr=1e-3, dataset=tiny_cifar(), log=None)
+    together = pretrain_seeds([5, 6], **settings)
+    alone = pretrain(seed=6, out=tmp_path / "alone", **settings)
+    assert [r.seed for r in together] == [5, 6] and together[1].seeds_trained_together == 2
+    mapped, _ = load_pretrained(6, 2)
+    solo, _ = load_pretrained(6, 2, folder=tmp_path / "alone")
+    other, _ = load_pretrained(5, 2)
+    # Adam turns rounding differences of near-zero gradients into steps of up to lr: a few lr apart at most,
+    # while another seed's network is nowhere near
+    gap = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))  # noqa: E731
+    assert gap(mapped, solo) < 5 * settings["lr"] < 0.05 < gap(mapped, other)
+    assert abs(together[1].test_accuracy - alone.test_accuracy) <= 100 / 64  # at most one of 64 images
+    assert together[0].sha256 != together[1].sha256  # each seed its own network
+    assert not list(tmp_path.glob("pretrained/*.training"))
+    with pytest.raises(FileExistsError, match="s5, .*s6 already hold a pre-trained set"):
+        pretrain_seeds([5, 6], **settings)
+
+
+def test_the_command_line_reads_seed_lists(tmp_path, capsys):
+    from cljax.cli import main, seed_list
+
+    assert seed_list("2-4,7") == [2, 3, 4, 7]
+    assert main(["pretrain", "--seeds", "2,x", "--quiet"]) == 1
+    assert "expected seeds like 2,3,4 or 2-11" in capsys.readouterr().err
+    assert main(["pretrain", "--seeds", "2,3", "--out", str(tmp_path), "--quiet"]) == 1
+    assert "with --seeds each set goes to the cache" in capsys.readouterr().err
