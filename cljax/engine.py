@@ -339,6 +339,10 @@ def prepare(
 
         images, _ = features_of_seeds(convs, pixels, dataset)
         streams = shift_to_seed_rows(streams, len(seeds), len(dataset.train_y), len(dataset.test_y))
+        if spec.pixels:  # the strategy works on the images too: they and each run's conv set are its data
+            from cljax.features import with_pixels
+
+            images, streams = with_pixels(images, streams, convs, np.asarray(dataset.train_x), len(configs))
     return Experiment(
         config,
         info,
@@ -412,7 +416,12 @@ def trained_model(
     )
 
     def shapes(tree: Any, seed_axis: bool) -> dict[str, Any]:
-        return {k: [list(v.shape[int(seed_axis) :]), str(v.dtype)] for k, v in tree._asdict().items()}
+        """The array fields' shapes (optional ones left empty, and a stream's conv set, are not recorded)."""
+        return {
+            k: [list(v.shape[int(seed_axis) :]), str(v.dtype)]
+            for k, v in tree._asdict().items()
+            if hasattr(v, "shape")
+        }
 
     image_shape, frozen_conv, image_info = tuple(exp.images.train_x.shape[1:]), None, None
     if exp.info.features is not None:  # the model takes images, as the frozen layers did before training

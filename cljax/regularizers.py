@@ -30,6 +30,10 @@ class PublishedStr(str):
     """A string default taken from a paper; ``protocol`` may replace it with the other paper's value."""
 
 
+class PublishedInt(int):
+    """An integer default (a size) taken from a paper; a benchmark's published value may replace it."""
+
+
 def published(value: Any) -> Any:
     """Mark a default as the protocol's choice (numbers and strings; flags use ``None`` instead)."""
     return PublishedStr(value) if isinstance(value, str) else Published(value)

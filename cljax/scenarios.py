@@ -9,7 +9,7 @@ program serves every context and every seed.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +21,28 @@ CLASS_IL_ACTIVE = ("all", "seen")
 
 
 class Images(NamedTuple):
-    """The dataset on the device, shared by every seed: uint8 images (N, H, W, C), int32 labels."""
+    """The dataset on the device, shared by every seed: uint8 images (N, H, W, C), int32 labels.
+
+    On a benchmark whose inputs are frozen conv features (:mod:`cljax.features`), ``train_x`` and ``test_x``
+    hold every seed's features, and ``pixels``, for a strategy that asks for them (``StrategySpec.pixels``),
+    the training images those features came from (:func:`cljax.features.batch_pixels`); else None.
+    """
 
     train_x: jnp.ndarray
     train_y: jnp.ndarray
     test_x: jnp.ndarray
     test_y: jnp.ndarray
+    pixels: jnp.ndarray | None = None  # uint8 (N, H, W, C): the training images behind the features
 
 
 class Stream(NamedTuple):
-    """One seed's sequence of contexts; leading axis of every field is the context."""
+    """One seed's sequence of contexts; leading axis of every array field is the context.
+
+    ``conv``: on a benchmark whose inputs are frozen conv features, for a strategy that asks for the images
+    too (``StrategySpec.pixels``), the seed's frozen pre-trained conv layers (``{"params", "batch_stats"}``
+    of :class:`cljax.models.conv_layers.ConvLayers`), so that each run turns images into its own features;
+    else None.
+    """
 
     train_idx: jnp.ndarray  # int32 (C, N_max) indices into Images.train_*, padded
     train_n: jnp.ndarray  # int32 (C,) how many train indices are real
@@ -39,6 +51,7 @@ class Stream(NamedTuple):
     label_map: jnp.ndarray  # int32 (C, n_dataset_classes): dataset class -> network target
     active: jnp.ndarray  # bool (C, n_out): output units trained (and, Task-IL, evaluated) in a context
     pixel_perm: jnp.ndarray  # int32 (C, H*W): pixel permutation (identity for split benchmarks)
+    conv: Any = None  # the seed's frozen conv layers (features benchmarks, StrategySpec.pixels), else None
 
 
 class ScenarioInfo(NamedTuple):
@@ -53,6 +66,9 @@ class ScenarioInfo(NamedTuple):
     permuted: bool
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None
     features: str | None = None  # inputs are frozen pre-trained conv features (cljax.features), not pixels
+    # features: the (H, W, C) and the normalisation of the images the frozen conv layers take
+    pixel_shape: tuple[int, ...] | None = None
+    pixel_normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def task_il(self) -> bool:

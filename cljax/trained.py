@@ -269,12 +269,17 @@ def classifier_params(strategy: Strategy, state: Any) -> Any:
 
 
 def _info(raw: dict[str, Any]) -> ScenarioInfo:
-    normalize = raw.get("normalize")
+    def pairs(value: Any) -> Any:
+        return tuple(tuple(v) for v in value) if value is not None else None
+
+    shape = raw.get("pixel_shape")
     return ScenarioInfo(
         **{
             **raw,
             "input_shape": tuple(raw["input_shape"]),
-            "normalize": tuple(tuple(v) for v in normalize) if normalize is not None else None,
+            "normalize": pairs(raw.get("normalize")),
+            "pixel_shape": tuple(shape) if shape is not None else None,
+            "pixel_normalize": pairs(raw.get("pixel_normalize")),
         }
     )
 

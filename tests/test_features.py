@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,8 +79,6 @@ def test_a_missing_pretrained_set_says_how_to_make_it_before_compiling(conv_sets
     before = engine.programs_compiled()
     with pytest.raises(ConfigError, match=r"seed\(s\) 2 have none; make them with `cljax pretrain"):
         cljax.run(benchmark=FEATURES_ONCE, dataset=tiny_cifar(), seeds=3, **RUN)
-    with pytest.raises(ConfigError, match="convolutional VAE"):
-        cljax.run(**{**RUN, "strategy": "dgr"}, benchmark=FEATURES_ONCE, dataset=tiny_cifar())
     assert engine.programs_compiled() == before
 
 
@@ -107,3 +106,111 @@ def test_brain_inspired_replay_replays_the_features(conv_sets, monkeypatch):
     dg = [RunConfig(benchmark="split-cifar100", strategy="bir", scenario=s).resolved().options["dg_prop"]
           for s in ("task", "domain", "class")]  # fmt: skip
     assert dg == [0.0, 0.5, 0.7]  # the reference's CIFAR gate proportions
+
+
+# ------------------------------------------------------------------ DGR: pixel-level replay, conv VAE
+
+DGR = {**RUN, "strategy": "dgr", "options": {"gen_units": 16, "z_dim": 4, "replay_batch": 8}}
+
+
+@pytest.fixture
+def unoptimized():
+    """The conv VAE's tiny programs run for milliseconds: compile them without most of XLA's optimisations."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def test_dgr_replays_images_through_a_convolutional_vae(conv_sets, monkeypatch, unoptimized, tmp_path):
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(conv_sets[1]))
+    result = cljax.run(**DGR, benchmark=FEATURES_ONCE, dataset=tiny_cifar(), seeds=2)
+    acc = np.asarray(result.acc_matrix)
+    assert acc.shape == (2, 2, 2) and np.isfinite(acc).all() and np.isfinite(result.context_loss).all()
+    assert not np.allclose(result.context_loss[0], result.context_loss[1])  # each seed its own conv layers
+    state = result.model.state(1)
+    assert set(state.generator.params) == {"params", "batch_stats"}  # the decoder's batch norm
+    layers = {
+        "encoder_0",
+        "encoder_1",
+        "to_mean",
+        "to_logvar",
+        "decoder_0",
+        "decoder_1",
+        "to_features",
+        "deconv",
+    }
+    assert set(state.generator.params["params"]) == layers  # the frozen conv layers are the run's data
+    saved = cljax.load_model(result.model.save(tmp_path / "model"), model=FEATURES_ONCE.model)
+    assert saved.info == result.model.info and saved.info.pixel_shape == (32, 32, 3)
+    assert jax.tree.all(jax.tree.map(np.array_equal, saved.states, result.model.states))
+
+
+def test_dgr_labels_replayed_images_by_the_previous_classifier_through_the_runs_conv_layers(
+    conv_sets, monkeypatch, unoptimized
+):
+    from cljax.features import frozen_features
+    from cljax.strategies.dgr import build_conv_generator, hard_target_loss, heads_loss, replay_heads
+
+    convs, cache = conv_sets
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(cache))
+    config = cljax.RunConfig(benchmark=FEATURES_ONCE, seeds=2, strategy="dgr", options=DGR["options"])
+    exp = cljax.prepare(config, dataset=tiny_cifar())
+    stream = jax.tree.map(lambda a: a[1], exp.streams)  # the second seed's run
+    assert jax.tree.all(jax.tree.map(np.array_equal, stream.conv, convs[1]))
+    strategy, images, setup = exp.strategy, exp.images, exp.setup
+    init = jax.jit(strategy.init)
+    state = init(jax.random.key(0), images, stream)
+
+    def sharp(params):  # confident networks, whose losses tell inputs apart
+        return jax.tree.map(lambda p: 8 * p, params)
+
+    other = init(jax.random.key(5), images, stream)  # a frozen classifier unlike the one trained
+    previous = sharp(other.classifier.params)
+    state = state.replace(prev_classifier=previous)
+    state = state.replace(classifier=state.classifier.replace(params=sharp(state.classifier.params)))
+    key = jax.random.key(7)
+    new, metrics = jax.jit(strategy.step)(state, images, stream, jnp.int32(1), key)
+
+    generator = build_conv_generator(setup, exp.config.resolved().options, "dgr")
+    sample = jax.jit(generator.sample, static_argnums=2)
+    x = sample(state.prev_generator, jax.random.split(key, 3)[1], 8)  # the step's replay key
+    assert x.shape == (8, 32, 32, 3)
+
+    @jax.jit
+    def replay_loss(conv):
+        f = frozen_features(conv, x)
+        student, teacher = setup.model.apply(state.classifier.params, f), setup.model.apply(previous, f)
+        return heads_loss(hard_target_loss, student, teacher, replay_heads(exp.info, stream, jnp.int32(1)))
+
+    np.testing.assert_allclose(metrics["replay_loss"], replay_loss(convs[1]), rtol=1e-4)
+    assert not np.isclose(metrics["replay_loss"], replay_loss(convs[0]), rtol=1e-3)  # another seed's layers
+    before, after = state.generator.params["batch_stats"], new.generator.params["batch_stats"]
+    assert not jax.tree.all(jax.tree.map(np.allclose, before, after))  # trained in training mode
+    pictures = jax.jit(strategy.sample, static_argnums=2)(new, key, 4)  # what --save-samples draws
+    assert pictures.shape == (4, 32, 32, 3) and 0 <= float(pictures.min()) <= float(pictures.max()) <= 1
+
+
+def test_dgr_refuses_what_it_cannot_run_before_compiling(conv_sets, monkeypatch):
+    monkeypatch.setenv("CLJAX_CACHE_DIR", str(conv_sets[1]))
+    before = engine.programs_compiled()
+    data = tiny_cifar()
+    with pytest.raises(ConfigError, match="generator: dgr on tiny-pretrained replays images through the "
+                                          "reference's convolutional VAE; 'gan' is"):  # fmt: skip
+        cljax.run(**{**DGR, "options": {"generator": "gan"}}, benchmark=FEATURES_ONCE, dataset=data)
+    no_layers = dataclasses.replace(FEATURES_ONCE, name="tiny-normalised", pretrained=None)
+    with pytest.raises(
+        ConfigError, match=r"normalises its inputs and has no frozen pre-trained conv layers \(DGR"
+    ):
+        cljax.run(**DGR, benchmark=no_layers, dataset=data)
+    with pytest.raises(ConfigError, match="z_dim: must be a positive integer, got 0"):
+        cljax.run(**{**DGR, "options": {"z_dim": 0}}, benchmark=FEATURES_ONCE, dataset=data)
+    with pytest.raises(ConfigError, match="tutorial: tiny-pretrained trains on the features"):
+        cljax.run(**{**RUN, "strategy": "tutorial"}, benchmark=FEATURES_ONCE, dataset=data)
+    assert engine.programs_compiled() == before
+    reference = cljax.RunConfig(benchmark="split-cifar100", strategy="dgr").resolved().options
+    assert (reference["gen_lr"], reference["replay_batch"], reference["z_dim"]) == (1e-4, 256, 100)
+    mine = cljax.RunConfig(benchmark="split-cifar100", strategy="dgr", options={"replay_batch": 128})
+    assert mine.resolved().options["replay_batch"] == 128
+    mnist = cljax.RunConfig(benchmark="split-mnist", strategy="dgr").resolved().options
+    assert (mnist["gen_lr"], mnist["replay_batch"]) == (1e-3, 128)

@@ -321,3 +321,91 @@ def test_published_defaults():
         0.1,
         0.1,
     ]
+
+
+# ------------------------------------------------------------------ the convolutional VAE (split CIFAR-100)
+
+
+def torch_conv_transpose(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """torch.nn.functional.conv_transpose2d by its definition, NHWC: input (i, j) adds x[i, j] @ w[a, b] to
+    output (i stride - padding + a, j stride - padding + b)."""
+    n, h, wd, _ = x.shape
+    k = w.shape[0]
+    size = (h - 1) * stride - 2 * padding + k
+    out = np.zeros((n, size, size, w.shape[-1]))
+    for i, j, a, b in np.ndindex(h, wd, k, k):
+        r, c = i * stride - padding + a, j * stride - padding + b
+        if 0 <= r < size and 0 <= c < size:
+            out[:, r, c] += x[:, i, j] @ w[a, b]
+    return out
+
+
+def textbook_conv_transpose(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The transposed convolution as lax writes it: the input dilated by the stride, the kernel flipped."""
+    pad = w.shape[0] - 1 - padding
+    return jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), [(pad, pad)] * 2, (stride, stride),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+
+
+def projected_grads(f, x, w, r):
+    return jax.grad(lambda x, w: jnp.sum(f(x, w) * r), (0, 1))(x, w)
+
+
+def test_transposed_conv_is_torchs_and_so_are_its_gradients():
+    from cljax.models.conv_layers import transposed_conv
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
+    for k, stride in ((4, 2), (3, 1)):  # the reference's deconv_layer: upsampling, and the output layer
+        w = rng.normal(size=(k, k, 4, 5)).astype(np.float32)
+        ours = functools.partial(transposed_conv, stride=stride, padding=1)
+        np.testing.assert_allclose(ours(x, w), torch_conv_transpose(x, w, stride, 1), atol=1e-5)
+        r = rng.normal(size=(2, 3 * stride, 3 * stride, 5)).astype(np.float32)
+        theirs = functools.partial(textbook_conv_transpose, stride=stride, padding=1)
+        for a, b in zip(projected_grads(ours, x, w, r), projected_grads(theirs, x, w, r), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_part_batch_norm_is_batch_norm_on_each_part_in_turn():
+    from flax import linen as nn
+
+    from cljax.models.conv_layers import PartBatchNorm
+
+    x = jax.random.normal(key0, (8, 3, 3, 4)) * 2 + 1
+    ours = PartBatchNorm()
+    variables = ours.init(key0, x)
+    out, upd = ours.apply(variables, x, True, (5, 3), mutable=["batch_stats"])
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    stats = variables["batch_stats"]
+    expected = []
+    for part in (x[:5], x[5:]):  # separate passes, one after the other
+        y, new = flax_bn.apply(
+            {"params": variables["params"], "batch_stats": stats}, part, mutable=["batch_stats"]
+        )
+        expected.append(y)
+        stats = new["batch_stats"]
+    np.testing.assert_allclose(out, jnp.concatenate(expected), atol=1e-5)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(upd["batch_stats"][name], stats[name], rtol=1e-5, atol=1e-6)
+    evaluated = nn.BatchNorm(use_running_average=True, epsilon=1e-5).apply({**variables, **upd}, x)
+    np.testing.assert_allclose(ours.apply({**variables, **upd}, x), evaluated, atol=1e-5)
+
+
+def test_the_conv_vae_decodes_images_and_samples_on_its_running_averages():
+    from cljax.models.generators import ConvVAE
+
+    model = ConvVAE((32, 32, 3), (2, 2, 256), hidden=(8,), z_dim=4)
+    variables = jax.jit(model.init)(key0, jnp.zeros((1, 2, 2, 256)), jnp.zeros((1, 4)))
+    assert set(variables) == {"params", "batch_stats"}
+
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def decode(variables, z, train=False, parts=None):
+        return model.apply(variables, z, train, parts, method=ConvVAE.decode, mutable=["batch_stats"])[0]
+
+    z = jax.random.normal(jax.random.key(1), (6, 4))
+    images = decode(variables, z)
+    assert images.shape == (6, 32, 32, 3)
+    np.testing.assert_allclose(decode(variables, z[:3]), images[:3], atol=1e-5)  # samples don't interact
+    trained = decode(variables, z, True, (3, 3))  # training: each part on its own batch statistics
+    assert not np.allclose(trained[:3], images[:3], atol=1e-3)
+    np.testing.assert_allclose(trained[:3], decode(variables, z[:3], True, (3,)), atol=1e-5)

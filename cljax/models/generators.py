@@ -8,6 +8,11 @@ published learning rates transfer.
 A :class:`Generator` bundles the pure functions a replay strategy needs: ``init``, ``sample``,
 ``loss_and_grads`` (per-sample weighted, so current and replayed samples can share one batch) and
 ``apply_gradients``; :func:`make_generator` builds one by name.
+
+:class:`ConvVAE` is the reference's VAE on CIFAR (``models/vae.py`` with ``depth=5``): its encoder starts
+with the frozen pre-trained conv layers, its decoder ends with transposed convolutions with batch norm
+(:class:`cljax.models.conv_layers.DeconvLayers`), and it models normalised images; :func:`conv_vae_generator`
+bundles its functions as a :class:`ConvGenerator`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax import optim
+from cljax.models.conv_layers import CHANNELS, DeconvLayers
 from cljax.models.layers import Linear
 
 GENERATORS: tuple[str, ...] = ("vae", "gan")
@@ -31,6 +37,8 @@ GENERATORS: tuple[str, ...] = ("vae", "gan")
 # (split MNIST 0.001); the GAN uses DCGAN's Adam(2e-4, beta1 = 0.5) (Radford et al. 2016).
 VAE_LR = 1e-3
 GAN_LR = 2e-4
+# The reference has its convolutional VAE for CIFAR only, where lr_gen = lr = 1e-4 (params/param_values.py)
+CONV_VAE_LR = 1e-4
 GAN_BETA1 = 0.5
 
 
@@ -336,6 +344,153 @@ def gan_generator(
         return ld + lg, {"g": gg, "d": gd}
 
     return Generator("gan", init, sample, loss_and_grads, _apply(optimizer))
+
+
+# ------------------------------------------------------------------------------ the convolutional VAE
+
+
+class ConvVAE(nn.Module):
+    """The reference's VAE for CIFAR (``models/vae.py``, ``define_vae(depth=5)``; NMI-2022 split CIFAR-100).
+
+    Encoder: the frozen pre-trained conv layers (``convE``, loaded and frozen as the classifier's: the caller
+    applies them, :func:`cljax.features.frozen_features`, so this module takes their output), flattened, fc
+    ``hidden`` with ReLU (``fcE``: 1024-2000-2000), then z's mean and log-variance (``toZ``; no bias for the
+    log-variance). Decoder: fc ``reversed(hidden)`` with ReLU (``fromZ``, ``fcD``), fc back to the conv
+    output's units with ReLU (``fcD``'s output is "normal" when there are conv layers), reshaped to the conv
+    output's shape, then :class:`DeconvLayers` to the image, with no output non-linearity: the images are
+    normalised (the reference's ``network_output="none"``). No batch norm in the fc layers (``--fc-bn no``).
+    """
+
+    image_shape: tuple[int, ...]  # (H, W, C) of the images
+    feature_shape: tuple[int, ...]  # (h, w, c) of the frozen conv layers' output
+    hidden: Sequence[int] = (2000, 2000)
+    z_dim: int = 100
+    channels: Sequence[int] = CHANNELS
+
+    def setup(self) -> None:
+        self.encoder = [Linear(w) for w in self.hidden]
+        self.to_mean = Linear(self.z_dim)
+        self.to_logvar = Linear(self.z_dim, use_bias=False)
+        self.decoder = [Linear(w) for w in reversed(self.hidden)]
+        self.to_features = Linear(_pixels(self.feature_shape))
+        self.deconv = DeconvLayers(self.image_shape[-1], tuple(self.channels))
+
+    def encode(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """q(z|x) from the frozen conv layers' output: mean and log-variance."""
+        h = features.reshape(features.shape[0], -1)
+        for layer in self.encoder:
+            h = nn.relu(layer(h))
+        return self.to_mean(h), self.to_logvar(h)
+
+    def decode(self, z: jax.Array, train: bool = False, parts: Sequence[int] | None = None) -> jax.Array:
+        """p(x|z): images (B, H, W, C) in the normalised input space; ``train``: the decoder's batch norm on
+        the statistics of each of the batch's ``parts`` (updating ``batch_stats``), else on its running
+        averages (:class:`cljax.models.conv_layers.PartBatchNorm`)."""
+        h = z
+        for layer in self.decoder:
+            h = nn.relu(layer(h))
+        h = nn.relu(self.to_features(h)).reshape(z.shape[0], *self.feature_shape)
+        return self.deconv(h, train, parts)
+
+    def __call__(
+        self,
+        features: jax.Array,
+        eps: jax.Array,
+        train: bool = False,
+        parts: Sequence[int] | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Reconstruction, mean and log-variance, with z = mean + exp(logvar / 2) * eps."""
+        mean, logvar = self.encode(features)
+        return self.decode(mean + jnp.exp(0.5 * logvar) * eps, train, parts), mean, logvar
+
+
+def mse_reconstruction_loss(recon: jax.Array, x: jax.Array) -> jax.Array:
+    """The reference's ``--recon-loss MSE`` per sample: -log N(x; recon, I) without its constant, averaged
+    over the pixels, i.e. the mean of 0.5 (x - recon)^2 (``calculate_recon_loss`` with ``average=True``)."""
+    sq = 0.5 * (x - recon) ** 2
+    return sq.reshape(sq.shape[0], -1).mean(axis=1)
+
+
+def conv_vae_loss(recon: jax.Array, x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """The reference's VAE loss on normalised images, per sample: pixel-averaged MSE + KL / pixels."""
+    return mse_reconstruction_loss(recon, x) + gaussian_kl(mean, logvar) / _pixels(x.shape[1:])
+
+
+class ConvGenerator(NamedTuple):
+    """Pure functions of :class:`ConvVAE` for replay. Its decoder has batch norm, so its state's ``params``
+    are the module's variables ``{"params", "batch_stats"}`` and training also returns new running averages.
+
+    init(key) -> GeneratorState
+    sample(variables, key, n) -> images (n, H, W, C) in the normalised input space, decoded from z ~ N(0, I)
+        with batch norm on the running averages (the reference samples in ``eval()`` mode)
+    loss_and_grads(variables, features, images, weights, key, parts) -> (loss, grads, batch_stats)
+        features: the frozen conv layers' output for the (float, normalised) images; weights (B,): the
+        loss is sum_i w_i l_i; parts: the counts of the batch's consecutive parts, each normalised by its
+        own statistics in the decoder (:class:`cljax.models.conv_layers.PartBatchNorm`)
+    apply_gradients(state, grads, batch_stats) -> state
+    """
+
+    init: Callable[[jax.Array], GeneratorState]
+    sample: Callable[[Any, jax.Array, int], jax.Array]
+    loss_and_grads: Callable[..., tuple[jax.Array, Any, Any]]
+    apply_gradients: Callable[[GeneratorState, Any, Any], GeneratorState]
+
+
+def conv_vae_generator(
+    image_shape: tuple[int, ...],
+    feature_shape: tuple[int, ...],
+    hidden: Sequence[int] = (2000, 2000),
+    z_dim: int = 100,
+    lr: float | jax.Array = CONV_VAE_LR,
+) -> ConvGenerator:
+    """DGR's generator on split CIFAR-100 as the reference trains it (``train/train_task_based.py``,
+    ``VAE.train_a_batch``): its own Adam (0.9, 0.999) at ``lr`` (the reference's ``lr_gen`` = the classifier's
+    lr, 1e-4 there) on everything but the frozen conv layers.
+
+    Batch norm in the decoder, as the reference runs it: in training mode while the generator trains, where
+    the reference's current and replayed batches are separate forward passes, so each is normalised by its
+    own statistics and the running averages are updated by the one, then the other (here one pass over both,
+    ``parts``, computing the same); in evaluation mode, on the running averages, whenever it samples
+    (``VAE.sample`` calls ``self.eval()``, and the previous generator that replays is a
+    ``deepcopy(generator).eval()``), so a replayed image does not depend on the others drawn with it.
+    """
+    model = ConvVAE(tuple(image_shape), tuple(feature_shape), tuple(hidden), z_dim)
+    optimizer = optim.adam(lr, b1=0.9, b2=0.999)
+
+    def init(key):
+        features = jnp.zeros((1, *feature_shape), jnp.float32)
+        variables = model.init(key, features, jnp.zeros((1, z_dim), jnp.float32))
+        variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        return GeneratorState(params=variables, opt_state=optimizer.init(variables["params"]))
+
+    def sample(variables, key, n):
+        z = jax.random.normal(key, (n, z_dim))
+        return model.apply(variables, z, method=ConvVAE.decode)
+
+    def loss_and_grads(variables, features, images, weights, key, parts=None):
+        eps = jax.random.normal(key, (features.shape[0], z_dim))
+
+        def loss_fn(params):
+            (recon, mean, logvar), updates = model.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                features,
+                eps,
+                True,
+                parts,
+                mutable=["batch_stats"],
+            )
+            return jnp.sum(weights * conv_vae_loss(recon, images, mean, logvar)), updates["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+        return loss, grads, stats
+
+    def apply_gradients(state, grads, batch_stats):
+        params = state.params["params"]
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        variables = {"params": optax.apply_updates(params, updates), "batch_stats": batch_stats}
+        return state.replace(params=variables, opt_state=opt_state)
+
+    return ConvGenerator(init, sample, loss_and_grads, apply_gradients)
 
 
 def make_generator(

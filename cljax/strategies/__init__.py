@@ -33,6 +33,7 @@ def register_strategy(
     task_free: bool = False,
     update_every: int = 100,
     stream_defaults: Defaults = None,
+    pixels: bool = False,
     overwrite: bool = False,
 ) -> Any:
     """Register ``build(setup, options) -> Strategy`` as the strategy ``name``.
@@ -45,6 +46,9 @@ def register_strategy(
     ``task_free``: the Strategy it builds also has ``learn(state, batch, key)`` and
     ``consolidate(state, key)``, so it can learn from a task-free stream (``--stream``), consolidating
     every ``update_every`` iterations by default, with ``stream_defaults`` over ``defaults`` there.
+    ``pixels``: on a benchmark whose inputs are frozen conv features (split-cifar100), the strategy also gets
+    the training images (``images.pixels``, :func:`cljax.features.batch_pixels`) and each run's frozen conv
+    layers (``stream.conv``, :func:`cljax.features.frozen_features`).
     Without ``build``, a decorator::
 
         @cljax.register_strategy("l2", defaults={"strength": 1.0})
@@ -66,6 +70,7 @@ def register_strategy(
                 task_free=task_free,
                 update_every=update_every,
                 stream_defaults=stream_defaults,
+                pixels=pixels,
                 overwrite=overwrite,
             )
             return fn
@@ -101,6 +106,7 @@ def register_strategy(
         task_free=bool(task_free),
         update_every=update_every,
         stream_defaults=_defaults_function(stream_defaults),
+        pixels=bool(pixels),
     )
     REGISTRY[name] = spec
     return spec
@@ -139,6 +145,7 @@ def _register_builtins() -> None:
             task_free=spec.task_free,
             update_every=spec.update_every,
             stream_defaults=spec.stream_defaults,
+            pixels=spec.pixels,
         )
 
 

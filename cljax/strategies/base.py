@@ -88,6 +88,9 @@ class StrategySpec:
     task_free: bool = False
     # options a task-free run uses unless set (the reference's no_boundaries defaults)
     stream_defaults: Callable[[str], dict[str, Any]] = field(default=lambda scenario: {})
+    # on a benchmark whose inputs are frozen conv features (cljax.features), whether it also needs the
+    # images and each run's frozen conv layers (Images.pixels, Stream.conv); other strategies never see them
+    pixels: bool = False
 
 
 class ClassifierState(flax.struct.PyTreeNode):
