@@ -423,12 +423,9 @@ def trained_model(
             if hasattr(v, "shape")
         }
 
-    image_shape, frozen_conv, image_info = tuple(exp.images.train_x.shape[1:]), None, None
+    image_shape, frozen_conv = tuple(exp.images.train_x.shape[1:]), None
     if exp.info.features is not None:  # the model takes images, as the frozen layers did before training
-        from cljax.pretrain import IMAGE_SHAPE
-
-        image_shape = IMAGE_SHAPE
-        image_info = scenario_info(bench, config.scenario, IMAGE_SHAPE)
+        image_shape = exp.info.pixel_shape
         frozen_conv = jax.tree.map(lambda *a: jnp.stack(a), *pretrained_convs(bench, exp.seeds))
     return TrainedModel(
         config=config.to_dict(),
@@ -442,7 +439,6 @@ def trained_model(
         unit_classes=np.stack([unit_classes(bench, config.scenario, s) for s in exp.seeds]),
         shapes={"images": shapes(exp.images, False), "stream": shapes(exp.streams, True)},
         frozen_conv=frozen_conv,
-        image_info=image_info,
     )
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.batching import to_float
+from cljax.features import pixel_info
 from cljax.losses import mask_logits
 from cljax.models.conv_layers import ConvLayers
 from cljax.scenarios import ScenarioInfo
@@ -49,10 +50,9 @@ class TrainedModel:
     pixel_perm: np.ndarray  # int32 (seeds, contexts, H*W) or (seeds, contexts, 0)
     unit_classes: np.ndarray  # int32 (seeds, contexts, n_out): the dataset class of each unit
     shapes: dict[str, Any]  # shapes and dtypes of the run's Images and Stream, to rebuild the state on load
-    # A benchmark on frozen pre-trained conv layers (split-cifar100): each seed's set (leading axis: seeds)
-    # and the facts of the images they take, so predicting starts from images as training did.
+    # A benchmark on frozen pre-trained conv layers (split-cifar100): each seed's set (leading axis: seeds),
+    # so predicting starts from images as training did (``info.pixel_shape``, ``info.pixel_normalize``)
     frozen_conv: Any = None
-    image_info: ScenarioInfo | None = None
 
     def state(self, seed: int | None = None) -> Any:
         """The final state of ``seed`` (default: the run's first seed)."""
@@ -117,7 +117,6 @@ class TrainedModel:
             "pixel_perm": self.pixel_perm.tolist(),
             "unit_classes": self.unit_classes.tolist(),
             "shapes": self.shapes,
-            "image_info": None if self.image_info is None else {**self.image_info._asdict()},
         }
         from cljax.results import write_json
 
@@ -154,11 +153,10 @@ class TrainedModel:
             Stream(**streams),
         )
         states = restore_tree(folder / STATE_FOLDER, abstract)
-        frozen_conv = image_info = None
-        if meta.get("image_info") is not None:
+        frozen_conv = None
+        if info.features is not None:
             from cljax.pretrain import abstract_conv
 
-            image_info = _info(meta["image_info"])
             stacked = jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), abstract_conv())
             frozen_conv = restore_tree(folder / CONV_FOLDER, stacked)
         return cls(
@@ -173,7 +171,6 @@ class TrainedModel:
             unit_classes=np.asarray(meta["unit_classes"], np.int32),
             shapes=meta["shapes"],
             frozen_conv=frozen_conv,
-            image_info=image_info,
         )
 
     def _seed_index(self, seed: int | None) -> int:
@@ -213,7 +210,8 @@ class TrainedModel:
 
     def _program(self):
         if not hasattr(self, "_compiled"):
-            info, strategy, image_info = self.info, self.strategy, self.image_info
+            info, strategy = self.info, self.strategy
+            image_info = pixel_info(info) if self.frozen_conv is not None else None
 
             def run(state, conv, x, perm, mask):
                 perms = jnp.broadcast_to(perm, (x.shape[0], *perm.shape))
