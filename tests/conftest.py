@@ -53,28 +53,12 @@ def mnist() -> Dataset:
     return load_dataset("mnist", SHARED_DATA, download=False)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_compilation_cache(tmp_path_factory):
-    """JAX's persistent cache in a folder of the session's own (never the user's): tests build their
-    strategies afresh, and a program another test already compiled (same tiny data, same settings) is
-    loaded instead of compiled again."""
-    folder = enable_compilation_cache(tmp_path_factory.mktemp("xla"))
-    yield folder
-    _switch_off_compilation_cache()
-
-
-def _switch_off_compilation_cache() -> None:
+@pytest.fixture
+def disk_cache(tmp_path, monkeypatch):
+    """JAX's persistent cache in a temporary folder, switched off again afterwards."""
     from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture
-def disk_cache(tmp_path, monkeypatch, session_compilation_cache):
-    """JAX's persistent cache in a temporary folder of its own; the session's cache again afterwards."""
     monkeypatch.setenv("CLJAX_COMPILE_CACHE", "off")
-    _switch_off_compilation_cache()
     assert enable_compilation_cache() is None
     monkeypatch.setenv("CLJAX_COMPILE_CACHE", str(tmp_path / "xla"))
     hits: list[str] = []
@@ -86,8 +70,8 @@ def disk_cache(tmp_path, monkeypatch, session_compilation_cache):
     jax.monitoring.register_event_listener(listen)
     yield tmp_path / "xla", hits
     jax.monitoring.unregister_event_listener(listen)
-    _switch_off_compilation_cache()
-    enable_compilation_cache(session_compilation_cache)
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
 
 
 @pytest.fixture(autouse=True)
