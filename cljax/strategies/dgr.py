@@ -100,6 +100,24 @@ class ReplayState(flax.struct.PyTreeNode):
 # ------------------------------------------------------------------------------------------ shared parts
 
 
+def replay_init(setup: Setup, generator: Any) -> Callable:
+    """``init``: a fresh classifier and generator, each also as its frozen previous copy."""
+
+    def init(key, images, stream):
+        del images, stream
+        k_cls, k_gen = jax.random.split(key)
+        classifier, gen_state = init_classifier(setup, k_cls), generator.init(k_gen)
+        return ReplayState(classifier, gen_state, classifier.params, gen_state.params)
+
+    return init
+
+
+def remember_previous(state: ReplayState, images: Any, stream: Stream, context: jax.Array, key: jax.Array):
+    """``end_context``: the classifier and generator just trained become the frozen previous ones."""
+    del images, stream, context, key
+    return state.replace(prev_classifier=state.classifier.params, prev_generator=state.generator.params)
+
+
 def replay_heads(info: ScenarioInfo, stream: Stream, context: jax.Array) -> tuple[jax.Array, ...]:
     """The units replay is judged on: teacher masks (K, n_out), student masks (K, n_out) and weights (K,).
 
@@ -269,11 +287,7 @@ def generative_replay(
     """
     info, model, batch_size = setup.info, setup.model, setup.batch_size
 
-    def init(key, images, stream):
-        del images, stream
-        k_cls, k_gen = jax.random.split(key)
-        classifier, gen_state = init_classifier(setup, k_cls), generator.init(k_gen)
-        return ReplayState(classifier, gen_state, classifier.params, gen_state.params)
+    init = replay_init(setup, generator)
 
     def step(state: ReplayState, images, stream, context, key):
         k_batch, k_replay, k_gen = jax.random.split(key, 3)
@@ -318,17 +332,13 @@ def generative_replay(
         )
         return new_state, metrics
 
-    def end_context(state: ReplayState, images, stream, context, key):
-        del images, stream, context, key
-        return state.replace(prev_classifier=state.classifier.params, prev_generator=state.generator.params)
-
     def predict(state: ReplayState, x):
         return model.apply(state.classifier.params, x)
 
     def sample(state: ReplayState, key, n):
         return generator.sample(state.generator.params, key, n)
 
-    return Strategy(init=init, step=step, end_context=end_context, predict=predict, sample=sample)
+    return Strategy(init=init, step=step, end_context=remember_previous, predict=predict, sample=sample)
 
 
 def replay_classifier_grads(
@@ -376,11 +386,7 @@ def conv_generative_replay(
     info, model, batch_size = setup.info, setup.model, setup.batch_size
     image_info = pixel_info(info)
 
-    def init(key, images, stream):
-        del images, stream
-        k_cls, k_gen = jax.random.split(key)
-        classifier, gen_state = init_classifier(setup, k_cls), generator.init(k_gen)
-        return ReplayState(classifier, gen_state, classifier.params, gen_state.params)
+    init = replay_init(setup, generator)
 
     def step(state: ReplayState, images, stream, context, key):
         require_pixels(info, images, stream)
@@ -436,10 +442,6 @@ def conv_generative_replay(
         )
         return new_state, metrics
 
-    def end_context(state: ReplayState, images, stream, context, key):
-        del images, stream, context, key
-        return state.replace(prev_classifier=state.classifier.params, prev_generator=state.generator.params)
-
     def predict(state: ReplayState, x):
         return model.apply(state.classifier.params, x)
 
@@ -450,7 +452,7 @@ def conv_generative_replay(
             x = x * std + mean
         return jnp.clip(x, 0.0, 1.0)
 
-    return Strategy(init=init, step=step, end_context=end_context, predict=predict, sample=sample)
+    return Strategy(init=init, step=step, end_context=remember_previous, predict=predict, sample=sample)
 
 
 def require_pixels(info: ScenarioInfo, images: Images, stream: Stream) -> None:
