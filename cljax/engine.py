@@ -126,6 +126,7 @@ class Experiment:
     configs: list[RunConfig] | None = None  # one per group of len(seeds) runs; None: [config]
     spec: StrategySpec | None = None
     built: Strategy | None = None  # the strategy prepare built; another one in ``strategy`` is a user's
+    convs: list[Any] | None = None  # each seed's frozen pre-trained conv layers (features benchmarks)
 
     @property
     def run_configs(self) -> list[RunConfig]:
@@ -356,6 +357,7 @@ def prepare(
         configs=configs,
         spec=spec,
         built=strategy,
+        convs=convs,
     )
 
 
@@ -426,7 +428,7 @@ def trained_model(
     image_shape, frozen_conv = tuple(exp.images.train_x.shape[1:]), None
     if exp.info.features is not None:  # the model takes images, as the frozen layers did before training
         image_shape = exp.info.pixel_shape
-        frozen_conv = jax.tree.map(lambda *a: jnp.stack(a), *pretrained_convs(bench, exp.seeds))
+        frozen_conv = jax.tree.map(lambda *a: jnp.stack(a), *exp.convs)
     return TrainedModel(
         config=config.to_dict(),
         info=exp.info,
