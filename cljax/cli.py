@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="name the benchmarks, scenarios, strategies and models")
     _add_import_flag(listing)
     table = sub.add_parser(
-        "table", help="rebuild a published table (runs only the cells not yet in --out-dir)"
+        "table",
+        help="rebuild a published table (runs only the cells not yet in --out-dir; an interrupted cell "
+        "continues from its last context)",
     )
     table.add_argument(
         "name",

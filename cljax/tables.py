@@ -1,7 +1,8 @@
 """Published tables as runnable specifications: each method x scenario cell beside the paper's value.
 
 ``run_table`` runs the cells that are missing from the output folder (so a long table can be continued),
-then writes the table as markdown, CSV and JSON and draws two figures. A cell is flagged when it differs
+keeping a checkpoint of the running cell after every context (so a cell of hours continues mid-way), then
+writes the table as markdown, CSV and JSON and draws two figures. A cell is flagged when it differs
 from the published mean by more than max(2 points, 3 SEM x sqrt(20 / seeds)) (the papers used 20 seeds).
 A cell whose configuration equals a finished cell of another table beside it (NMI-2022 and 3S-2019 share
 fine-tuning, joint training and DGR in Task- and Domain-IL) is copied from there instead of run again.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -268,6 +271,10 @@ def run_table(
 ) -> dict[str, Any]:
     """Run the missing cells of ``table`` into ``out_dir``, then write its summaries.
 
+    The running cell is checkpointed after every context in ``out_dir/checkpoints/<cell>`` and continues
+    from there when the table is run again; the folder goes once the cell's result is written. A
+    ``run_fn`` of your own (called as ``run_fn(config, quiet=...)``) gets ``checkpoint_dir`` and
+    ``resume=True`` too when it takes a ``checkpoint_dir`` argument.
     ``fuzziness``: the fuzzy boundaries' width for a task-free table (default the reference's, 500).
     """
     from cljax.engine import run
@@ -318,11 +325,28 @@ def run_table(
             if not quiet:
                 print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} copied from {shared['reused_from']}")
             continue
-        result = run_fn(config, quiet=quiet)
+        checkpoint_dir = out / "checkpoints" / path.stem
+        resumable = {"checkpoint_dir": checkpoint_dir, "resume": True} if _takes_checkpoints(run_fn) else {}
+        try:
+            result = run_fn(config, quiet=quiet, **resumable)
+        except ConfigError as err:
+            if resumable and str(err).startswith("resume:"):
+                raise ConfigError(
+                    f"{err}; for this table: delete {checkpoint_dir} to start the cell again"
+                ) from err
+            raise
         result.save(path)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
         if not quiet:
             print(f"{method.label:<28} {SCENARIO_NAMES[scenario]:<9} {result.mean:6.2f} +- {result.sem:.2f}")
     return write_summaries(table, out, wall_seconds=time.perf_counter() - started)
+
+
+def _takes_checkpoints(run_fn: Callable[..., Any]) -> bool:
+    try:
+        return "checkpoint_dir" in inspect.signature(run_fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin, say)
+        return False
 
 
 def with_extra_methods(table: Table, methods: list[str]) -> Table:

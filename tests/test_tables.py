@@ -160,6 +160,44 @@ def test_a_cell_with_the_same_protocol_is_copied_from_the_table_beside_it(tiny_d
     assert len(calls) == 3
 
 
+def test_an_interrupted_cell_continues_from_its_last_context(tiny_data, tmp_path, monkeypatch):
+    import cljax
+    from cljax.checkpoint import Checkpoints
+
+    def run_fn(config, quiet, checkpoint_dir=None, resume=False):
+        return cljax.run(config, quiet=quiet, dataset=tiny_data, checkpoint_dir=checkpoint_dir, resume=resume)
+
+    lwf = Method("LwF", "lwf", scenarios=("class",))
+    table = Table("t", "t", "split-mnist", (lwf,), seeds=1, first_seed=0)
+    whole, cut = tmp_path / "a" / "whole", tmp_path / "b" / "cut"  # apart, so no cell is copied across
+    run_table(table, whole, iters=4, run_fn=run_fn, quiet=True)
+
+    save, restore, continued_after = Checkpoints.save, Checkpoints.restore, []
+
+    def save_then_stop(self, contexts_done, state, progress):
+        save(self, contexts_done, state, progress)
+        if contexts_done == 2:
+            raise KeyboardInterrupt
+
+    def noted_restore(self, state_like):
+        restored = restore(self, state_like)
+        continued_after.append(None if restored is None else restored[0])
+        return restored
+
+    monkeypatch.setattr(Checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_table(table, cut, iters=4, run_fn=run_fn, quiet=True)
+    kept = cut / "checkpoints" / "lwf_lwf_class"
+    assert kept.is_dir() and not (cut / "runs" / "lwf_lwf_class.json").exists()
+    monkeypatch.setattr(Checkpoints, "save", save)
+    monkeypatch.setattr(Checkpoints, "restore", noted_restore)
+    run_table(table, cut, iters=4, run_fn=run_fn, quiet=True)
+    assert continued_after == [2], "the second invocation continues after context 2"
+    whole_cell, cut_cell = (json.loads((d / "runs" / "lwf_lwf_class.json").read_text()) for d in (whole, cut))
+    assert cut_cell["acc_matrix"] == whole_cell["acc_matrix"]
+    assert not kept.exists(), "a finished cell's checkpoints are removed"
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST not available")
 def test_table_command(tmp_path, capsys):
     argv = [
