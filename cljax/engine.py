@@ -127,6 +127,7 @@ class Experiment:
     spec: StrategySpec | None = None
     built: Strategy | None = None  # the strategy prepare built; another one in ``strategy`` is a user's
     convs: list[Any] | None = None  # each seed's frozen pre-trained conv layers (features benchmarks)
+    conv_records: list[dict[str, Any]] | None = None  # how each seed's set was made (its record.json)
 
     @property
     def run_configs(self) -> list[RunConfig]:
@@ -298,7 +299,7 @@ def prepare(
     for other in configs:
         _check_same_program(config, other, names)
     seeds = config.seed_list
-    convs = pretrained_convs(bench, seeds) if bench.pretrained is not None else None
+    convs, conv_records = pretrained_convs(bench, seeds) if bench.pretrained is not None else (None, None)
     dataset = load_data(bench, config, dataset)
     info = pixels = scenario_info(bench, config.scenario, dataset.train_x.shape[1:])
     if convs is not None:
@@ -358,21 +359,24 @@ def prepare(
         spec=spec,
         built=strategy,
         convs=convs,
+        conv_records=conv_records,
     )
 
 
 FEATURE_SHAPE = (2, 2, 256)  # the pre-trained conv layers' output for a 32x32 image
 
 
-def pretrained_convs(bench: Benchmark, seeds: list[int]) -> list[Any]:
-    """Each seed's pre-trained conv layers (the reference's --seed-to-ltag), or a ConfigError that says how
-    to make the missing ones, before anything compiles."""
+def pretrained_convs(bench: Benchmark, seeds: list[int]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Each seed's pre-trained conv layers (the reference's --seed-to-ltag) and their records, or a
+    ConfigError that says how to make the missing ones, before anything compiles."""
     from cljax.pretrain import load_pretrained
 
-    convs, missing = [], []
+    convs, records, missing = [], [], []
     for seed in seeds:
         try:
-            convs.append(load_pretrained(seed, bench.pretrained_epochs)[0])
+            conv, record = load_pretrained(seed, bench.pretrained_epochs)
+            convs.append(conv)
+            records.append(record)
         except FileNotFoundError:
             missing.append(seed)
         except ValueError as err:
@@ -385,7 +389,13 @@ def pretrained_convs(bench: Benchmark, seeds: list[int]) -> list[Any]:
             f"{bench.pretrained} --seed S --epochs {bench.pretrained_epochs}` for each (about 80 minutes per "
             "seed on 2 CPU cores), or use split-cifar100-scratch to train the conv layers with the fc layers"
         )
-    return convs
+    return convs, records
+
+
+def pretrained_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pre-trained set's record that a result names: which set, how good, its hash."""
+    keys = ("name", "seed", "epochs", "test_accuracy", "sha256")
+    return {k: record.get(k) for k in keys}
 
 
 def _check_same_program(config: RunConfig, other: RunConfig, names: tuple[str, ...]) -> None:
@@ -721,6 +731,8 @@ def execute_runs(
     context_loss = np.asarray(progress["context_loss"]).T  # (runs, contexts)
     wall_seconds = time.perf_counter() - wall_start
     environment_info = {**environment(), "seed_devices": 1 if by_run is None else by_run.mesh.size}
+    if exp.conv_records is not None:  # which frozen conv layers the numbers rest on
+        environment_info["pretrained"] = [pretrained_provenance(r) for r in exp.conv_records]
     n_seeds = len(exp.seeds)
     results = []
     for i, config in enumerate(exp.run_configs):

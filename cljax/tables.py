@@ -424,6 +424,7 @@ def collect(table: Table, out: Path) -> list[dict[str, Any]]:
                     "cpu_cores": result.get("environment", {}).get("cpu_cores"),
                     "reused_from": result.get("reused_from"),
                     "acc_matrix": result["acc_matrix"],
+                    "pretrained": result.get("environment", {}).get("pretrained"),
                 }
             )
     return records
@@ -492,6 +493,14 @@ def markdown(table: Table, records: list[dict[str, Any]]) -> str:
                 f"{len(reused)} of them ({minutes:.1f} min) were run once with an identical configuration "
                 f"for {', '.join(sources)} and copied from there."
             )
+        sets = {(p["seed"], p["sha256"]): p for r in records for p in r.get("pretrained") or []}
+        if sets:
+            named = [
+                f"seed {p['seed']} ({p['test_accuracy']:.2f} % on CIFAR-10's test set, {p['epochs']} epochs, "
+                f"sha256 {p['sha256'][:12]})"
+                for _, p in sorted(sets.items())
+            ]
+            lines.append(f"Frozen conv layers pre-trained on CIFAR-10 (cljax pretrain): {'; '.join(named)}.")
     return "\n".join(lines) + "\n"
 
 

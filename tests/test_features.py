@@ -57,6 +57,9 @@ def test_features_once_train_what_the_frozen_layers_in_every_step_train(conv_set
     monkeypatch.setenv("CLJAX_CACHE_DIR", str(cache))
     data = tiny_cifar()
     once = cljax.run(benchmark=FEATURES_ONCE, dataset=data, seeds=2, **RUN)
+    named = once.environment["pretrained"]  # the result names the conv layers it rests on
+    assert [n["seed"] for n in named] == [0, 1]
+    assert named[1]["sha256"] == load_pretrained(1, 1)[1]["sha256"] != named[0]["sha256"]
     for seed in (1,):  # the second seed: its features sit at shifted rows, the part that can go wrong
         inside = cljax.run(benchmark=frozen_inside(convs[seed]), dataset=data, first_seed=seed, **RUN)
         np.testing.assert_allclose(once.context_loss[seed], inside.context_loss[0], rtol=1e-5)

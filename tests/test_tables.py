@@ -46,6 +46,18 @@ def test_summary_says_how_many_cores_each_cell_ran_on():
     assert "(1 or 2 CPU cores per cell)" in mixed
 
 
+def test_a_table_on_pretrained_conv_layers_names_each_seeds_set_once():
+    def conv(seed, acc, digest):
+        return {"name": f"s{seed}", "seed": seed, "epochs": 100, "test_accuracy": acc, "sha256": digest * 64}
+
+    table = TABLES["nmi2022-split-cifar100"]
+    two = {"seed_list": [2, 3], "pretrained": [conv(2, 80.49, "a"), conv(3, 80.1, "b")]}
+    text = markdown(table, [_record("none", "class", 2) | two, _record("lwf", "class", 2) | two])
+    line = next(x for x in text.splitlines() if x.startswith("Frozen conv layers"))
+    assert line.count("seed 2 (80.49 %") == 1 and "seed 3 (80.10 %" in line and "sha256 aaaaaaaaaaaa" in line
+    assert "Frozen conv layers" not in markdown(table, [_record("none", "class", 2)])
+
+
 def test_the_tolerance_rule_is_stated_where_a_cell_is_compared():
     published = {"published_mean": 19.89, "published_sem": 0.02, "difference": 30.11, "tolerance": 2.0}
     far = _record("none", "class", 2) | published | {"flagged": True}
