@@ -59,7 +59,8 @@ half=$(( (${#paths[@]} + 1) / 2 ))  # two archives, each under the 16 MiB a retu
 tar czf "$OUT_DIR/pretrained-1.tgz" -C "$CLJAX_CACHE_DIR" "${paths[@]:0:$half}"
 (( ${#paths[@]} > half )) && tar czf "$OUT_DIR/pretrained-2.tgz" -C "$CLJAX_CACHE_DIR" "${paths[@]:$half}"
 
-# The table: its cells for the consecutive seeds from the first that have a set; finished cells are kept.
+# The table: its cells for the consecutive seeds from the first that have a set; finished cells are kept,
+# and a cell cut by the budget continues from its last finished context.
 seeds=0
 while finished | grep -q -- "-s$((first + seeds))\$"; do seeds=$((seeds + 1)); done
 methods=()
@@ -69,5 +70,6 @@ timeout --kill-after 10 "${TABLE_SECONDS:-240}" "$PYTHON" -m cljax.cli table nmi
     --seeds "$seeds" --first-seed "$first" --scenarios "${SCENARIOS:-class}" "${methods[@]}" \
     --data-dir "$DATA" --out-dir "$WORK/table" 2>&1 | tee -a "$OUT_DIR/table.log"
 set -e
-[[ -d "$WORK/table" ]] && tar czf "$OUT_DIR/table.tgz" -C "$WORK" table
+# the running cell's checkpoints stay on the machine for the next call (they are far over what returns)
+[[ -d "$WORK/table" ]] && tar czf "$OUT_DIR/table.tgz" --exclude=table/checkpoints -C "$WORK" table
 exit 0
