@@ -4,7 +4,8 @@ NMI-2022 publishes no accuracy for its pre-trained conv layers, so the reference
 
     python benchmarks/reference_pretrain.py --reference CHECKOUT --data-dir DIR --epochs 3 --seed 2
 
-``CHECKOUT`` is a checkout of GMvandeVen/continual-learning (it needs torch and torchvision); ``DIR`` holds
+``CHECKOUT`` is a checkout of GMvandeVen/continual-learning (``pip install -e '.[bench]'`` and its
+requirements.txt: torch, torchvision, matplotlib, tqdm, scipy, scikit-learn); ``DIR`` holds
 ``cifar-10-batches-bin/`` (``python ../shared/data/prepare.py DIR cifar10``). The reference runs unchanged,
 in this process, with the arguments of its ``all_results.sh`` (``--experiment=CIFAR10 --augment``, here with
 ``--epochs`` and ``--seed`` as given and ``--no-save``). Its torchvision loader wants CIFAR-10's Python
